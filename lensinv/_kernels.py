@@ -1,0 +1,322 @@
+"""Numba kernels: deflection angles, the lensing matrix L and the PSF matrix F.
+
+Lens components are packed into a float64 table, one row per component
+(see :func:`lensinv.mass.Lens.packed`), so a single compiled kernel serves any
+combination of components:
+
+- SIE:   ``[0, b, q, cos phi, sin phi, x_c, y_c, sqrt(1 - q^2)]`` with
+  ``b = theta_E sqrt(q)``;
+- shear: ``[1, gamma1, gamma2, 0, 0, 0, 0, 0]``.
+
+Everything is float64. The operator kernels write CSR arrays directly
+(row counts, prefix sum, fill), never a COO intermediate.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba as nb
+import numpy as np
+
+from ._vmath import JIT, atan, atanh
+
+SIE_ROW = 0.0
+SHEAR_ROW = 1.0
+N_PACKED = 8
+# Largest source-plane bounding box (cells) for the dense accumulator;
+# pixels whose rays spread wider (e.g. near an SIE centre) use the sort path.
+_MAX_BOX = 256
+
+
+@nb.njit(**JIT)
+def deflect_into(x, y, comps, ax, ay):
+    """Add the deflection of every component at ``(x, y)`` (flat arrays, arcsec) to ``ax, ay``.
+
+    The loop over rays is innermost and branch-free so that it vectorises.
+    """
+    n = x.shape[0]
+    for c in range(comps.shape[0]):
+        if comps[c, 0] == SIE_ROW:
+            b = comps[c, 1]
+            q = comps[c, 2]
+            cp = comps[c, 3]
+            sp = comps[c, 4]
+            xc = comps[c, 5]
+            yc = comps[c, 6]
+            e = comps[c, 7]
+            q2 = q * q
+            if e > 0.0:
+                be = b / e
+                for r in range(n):
+                    dx = x[r] - xc
+                    dy = y[r] - yc
+                    xp = cp * dx + sp * dy
+                    yp = cp * dy - sp * dx
+                    psi = math.sqrt(q2 * xp * xp + yp * yp)
+                    inv = 1.0 / psi if psi > 0.0 else 0.0  # a ray through the centre: no deflection
+                    axp = be * atan(e * xp * inv)
+                    ayp = be * atanh(e * yp * inv)
+                    ax[r] += cp * axp - sp * ayp
+                    ay[r] += sp * axp + cp * ayp
+            else:  # q == 1: the SIS limit, exact
+                for r in range(n):
+                    dx = x[r] - xc
+                    dy = y[r] - yc
+                    rad = math.sqrt(dx * dx + dy * dy)
+                    inv = b / rad if rad > 0.0 else 0.0
+                    ax[r] += dx * inv
+                    ay[r] += dy * inv
+        else:  # external shear
+            g1 = comps[c, 1]
+            g2 = comps[c, 2]
+            for r in range(n):
+                ax[r] += g1 * x[r] + g2 * y[r]
+                ay[r] += g2 * x[r] - g1 * y[r]
+
+
+_CHUNK = 4096
+
+
+@nb.njit(parallel=True, **JIT)
+def deflection_kernel(x, y, comps):
+    """Deflection ``(alpha_x, alpha_y)`` at flat float64 arrays ``x, y`` (arcsec)."""
+    n = x.shape[0]
+    ax = np.zeros(n)
+    ay = np.zeros(n)
+    nchunk = (n + _CHUNK - 1) // _CHUNK
+    for c in nb.prange(nchunk):
+        lo = c * _CHUNK
+        hi = min(n, lo + _CHUNK)
+        deflect_into(x[lo:hi], y[lo:hi], comps, ax[lo:hi], ay[lo:hi])
+    return ax, ay
+
+
+@nb.njit(**JIT)
+def _trace_pixels(i, j_lo, j_hi, n_img, d_img, d_src, n_src, ss, comps, fx, fy, cell_i, cell_j):
+    """Ray trace the sub-pixels of pixels ``(i, j_lo:j_hi)``.
+
+    On return ``fx, fy`` hold the bilinear weights' fractional parts and
+    ``cell_i, cell_j`` the lower-left source cell of each ray, with ``-2`` in
+    ``cell_i`` for rays that miss the grid. Source-pixel units: 0 is the
+    centre of the first pixel; cells run from -1 to ``n_src - 1``, so the 2x2
+    stencil may touch the pad rows/columns ``-1`` and ``n_src`` (zero source).
+    """
+    half_i = (n_img - 1) / 2.0
+    half_s = (n_src - 1) / 2.0
+    nray = ss * ss
+    m = (j_hi - j_lo) * nray
+    ax = np.zeros(m)
+    ay = np.zeros(m)
+    for j in range(j_lo, j_hi):
+        for a in range(ss):
+            y = (i - half_i + (a + 0.5) / ss - 0.5) * d_img
+            base = (j - j_lo) * nray + a * ss
+            for b in range(ss):
+                fx[base + b] = (j - half_i + (b + 0.5) / ss - 0.5) * d_img
+                fy[base + b] = y
+    deflect_into(fx[:m], fy[:m], comps, ax, ay)
+    inv = 1.0 / d_src
+    top = float(n_src)
+    for r in range(m):
+        gx = (fx[r] - ax[r]) * inv + half_s
+        gy = (fy[r] - ay[r]) * inv + half_s
+        ok = gx > -1.0 and gx < top and gy > -1.0 and gy < top
+        gx = gx if ok else 0.0
+        gy = gy if ok else 0.0
+        fj = math.floor(gx)
+        fi = math.floor(gy)
+        fx[r] = gx - fj
+        fy[r] = gy - fi
+        cell_j[r] = int(fj)
+        cell_i[r] = int(fi) if ok else -2
+
+
+@nb.njit(inline="always", **JIT)
+def _pixel_entries(tx, ty, cell_i, cell_j, start, nray, n_src, scale, box, sc_cols, sc_vals,
+                   out_cols, out_vals, offset, limit):
+    """Merge one image pixel's bilinear weights per source pixel.
+
+    Contributions to the same source pixel are summed and columns come out in
+    increasing order. Returns the number of distinct entries and stores the
+    first ``limit`` of them at ``out_*[offset:]``.
+    """
+    imin = n_src
+    imax = -2
+    jmin = n_src
+    jmax = -2
+    for r in range(start, start + nray):
+        ci = cell_i[r]
+        cj = cell_j[r]
+        if ci > -2:
+            imin = min(imin, ci)
+            imax = max(imax, ci)
+            jmin = min(jmin, cj)
+            jmax = max(jmax, cj)
+    if imax < -1:
+        return 0
+    bw = jmax - jmin + 2  # box over cells [imin, imax + 1] x [jmin, jmax + 1], pads included
+    bh = imax - imin + 2
+    cnt = 0
+    if bw * bh <= box.shape[0]:
+        for t in range(bw * bh):
+            box[t] = 0.0
+        for r in range(start, start + nray):
+            if cell_i[r] > -2:
+                p = (cell_i[r] - imin) * bw + (cell_j[r] - jmin)
+                wx = tx[r]
+                wy = ty[r]
+                box[p] += (1.0 - wy) * (1.0 - wx)
+                box[p + 1] += (1.0 - wy) * wx
+                box[p + bw] += wy * (1.0 - wx)
+                box[p + bw + 1] += wy * wx
+        for bi in range(bh):
+            ii = imin + bi
+            if ii < 0 or ii >= n_src:
+                continue
+            for bj in range(bw):
+                jj = jmin + bj
+                v = box[bi * bw + bj]
+                if jj >= 0 and jj < n_src and v > 0.0:
+                    if cnt < limit:
+                        out_cols[offset + cnt] = ii * n_src + jj
+                        out_vals[offset + cnt] = v * scale
+                    cnt += 1
+        return cnt
+    # rays spread wide (e.g. near an SIE centre): collect, sort by column, merge
+    m = 0
+    for r in range(start, start + nray):
+        if cell_i[r] > -2:
+            for di in range(2):
+                ii = cell_i[r] + di
+                wy = ty[r] if di == 1 else 1.0 - ty[r]
+                for dj in range(2):
+                    jj = cell_j[r] + dj
+                    w = wy * (tx[r] if dj == 1 else 1.0 - tx[r])
+                    if ii >= 0 and ii < n_src and jj >= 0 and jj < n_src and w > 0.0:
+                        sc_cols[m] = ii * n_src + jj
+                        sc_vals[m] = w
+                        m += 1
+    order = np.argsort(sc_cols[:m], kind="mergesort")
+    last = -1
+    acc = 0.0
+    for t in range(m):
+        col = sc_cols[order[t]]
+        if col != last:
+            if last >= 0:
+                if cnt < limit:
+                    out_cols[offset + cnt] = last
+                    out_vals[offset + cnt] = acc * scale
+                cnt += 1
+            last = col
+            acc = 0.0
+        acc += sc_vals[order[t]]
+    if last >= 0:
+        if cnt < limit:
+            out_cols[offset + cnt] = last
+            out_vals[offset + cnt] = acc * scale
+        cnt += 1
+    return cnt
+
+
+_ROW_SLOT = 16  # average entries per pixel reserved for each row of the image
+
+
+@nb.njit(parallel=True, **JIT)
+def lensing_csr_kernel(n_img, d_img, n_src, d_src, ss, comps):
+    """CSR arrays ``(indptr, indices, data)`` of the lensing matrix L.
+
+    Image pixel ``(i, j)`` is split into ``ss x ss`` sub-pixels at offsets
+    ``(a + 0.5) / ss - 0.5`` pixels; each is ray traced and interpolated
+    bilinearly on the source grid (outside counts as zero); the row is the mean
+    over sub-pixels. Rays are traced once, one image row at a time
+    (vectorised). Each image row's merged entries are written contiguously
+    into a reserved span; the rare rows that overflow it (rays spread wide,
+    near an SIE centre) are traced again with an exact-size buffer. The spans
+    are then packed into CSR.
+    """
+    npix = n_img * n_img
+    nray = ss * ss
+    scale = 1.0 / nray
+    cap = 4 * nray
+    row_cap = n_img * min(cap, _ROW_SLOT)
+    row_cols = np.empty(n_img * row_cap, dtype=np.int32)
+    row_vals = np.empty(n_img * row_cap)
+    counts = np.zeros(npix + 1, dtype=np.int64)
+    row_tot = np.zeros(n_img, dtype=np.int64)
+    for i in nb.prange(n_img):
+        fx = np.empty(n_img * nray)
+        fy = np.empty(n_img * nray)
+        ci = np.empty(n_img * nray, dtype=np.int64)
+        cj = np.empty(n_img * nray, dtype=np.int64)
+        box = np.empty(_MAX_BOX)
+        sc_cols = np.empty(cap, dtype=np.int32)
+        sc_vals = np.empty(cap)
+        _trace_pixels(i, 0, n_img, n_img, d_img, d_src, n_src, ss, comps, fx, fy, ci, cj)
+        used = 0
+        for j in range(n_img):
+            c = _pixel_entries(fx, fy, ci, cj, j * nray, nray, n_src, scale, box, sc_cols, sc_vals,
+                               row_cols, row_vals, i * row_cap + used, max(row_cap - used, 0))
+            counts[i * n_img + j + 1] = c
+            used += c
+        row_tot[i] = used
+    indptr = np.cumsum(counts)
+    nnz = indptr[npix]
+    indices = np.empty(nnz, dtype=np.int32)
+    data = np.empty(nnz)
+    for i in nb.prange(n_img):
+        p = indptr[i * n_img]
+        c = row_tot[i]
+        if c <= row_cap:
+            indices[p:p + c] = row_cols[i * row_cap:i * row_cap + c]
+            data[p:p + c] = row_vals[i * row_cap:i * row_cap + c]
+        else:  # overflowed its span: trace again, writing straight into place
+            fx = np.empty(n_img * nray)
+            fy = np.empty(n_img * nray)
+            ci = np.empty(n_img * nray, dtype=np.int64)
+            cj = np.empty(n_img * nray, dtype=np.int64)
+            box = np.empty(_MAX_BOX)
+            sc_cols = np.empty(cap, dtype=np.int32)
+            sc_vals = np.empty(cap)
+            _trace_pixels(i, 0, n_img, n_img, d_img, d_src, n_src, ss, comps, fx, fy, ci, cj)
+            for j in range(n_img):
+                k = i * n_img + j
+                _pixel_entries(fx, fy, ci, cj, j * nray, nray, n_src, scale, box, sc_cols, sc_vals,
+                               indices, data, indptr[k], indptr[k + 1] - indptr[k])
+    return indptr, indices, data
+
+
+@nb.njit(parallel=True, cache=True)
+def psf_csr_kernel(n, kernel):
+    """CSR arrays of the ``n^2 x n^2`` matrix of ``convolve2d(img, kernel, mode="same")``.
+
+    ``out[i, j] = sum_{a, b} img[a, b] * kernel[i - a + c, j - b + c]`` with
+    ``c = (K - 1) / 2`` for an odd ``K x K`` kernel; zero kernel entries are not stored.
+    """
+    K = kernel.shape[0]
+    c = (K - 1) // 2
+    npix = n * n
+    counts = np.zeros(npix + 1, dtype=np.int64)
+    for i in nb.prange(n):
+        for j in range(n):
+            cnt = 0
+            for a in range(max(i - c, 0), min(i + c, n - 1) + 1):
+                for b in range(max(j - c, 0), min(j + c, n - 1) + 1):
+                    if kernel[i - a + c, j - b + c] != 0.0:
+                        cnt += 1
+            counts[i * n + j + 1] = cnt
+    indptr = np.cumsum(counts)
+    indices = np.empty(indptr[npix], dtype=np.int32)
+    data = np.empty(indptr[npix])
+    for i in nb.prange(n):
+        for j in range(n):
+            p = indptr[i * n + j]
+            for a in range(max(i - c, 0), min(i + c, n - 1) + 1):
+                for b in range(max(j - c, 0), min(j + c, n - 1) + 1):
+                    v = kernel[i - a + c, j - b + c]
+                    if v != 0.0:
+                        indices[p] = a * n + b
+                        data[p] = v
+                        p += 1
+    return indptr, indices, data
+

@@ -1,0 +1,53 @@
+"""Small argument checks shared by the package (raise ``ValueError`` naming the parameter)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def finite_float(name: str, value: float) -> float:
+    """Return ``value`` as a float, or raise ``ValueError`` if it is not a finite number."""
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a real number, got {value!r}") from None
+    if not math.isfinite(out):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return out
+
+
+def positive_float(name: str, value: float) -> float:
+    """Return ``value`` as a float, or raise unless it is finite and > 0."""
+    out = finite_float(name, value)
+    if out <= 0.0:
+        raise ValueError(f"{name} must be > 0, got {value!r}")
+    return out
+
+
+def int_at_least(name: str, value: int, minimum: int) -> int:
+    """Return ``value`` as an int, or raise unless it is an integer >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def pixel_array(name: str, values: np.ndarray, n: int, *, finite: bool = True) -> tuple[np.ndarray, bool]:
+    """Flatten an ``n x n`` (or length ``n*n``) array to float64.
+
+    Returns the flat array and whether the input was 2-D, so results can be
+    returned in the caller's layout.
+    """
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.shape == (n * n,):
+        flat, was_2d = arr, False
+    elif arr.shape == (n, n):
+        flat, was_2d = arr.reshape(-1), True
+    else:
+        raise ValueError(f"{name} must have shape ({n}, {n}) or ({n * n},), got {arr.shape}")
+    if finite and not np.all(np.isfinite(flat)):
+        raise ValueError(f"{name} contains NaN or inf values")
+    return flat, was_2d

@@ -1,0 +1,60 @@
+"""Shared fixtures and independent reference implementations for the tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import lensinv
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(20261126)
+
+
+def reference_lensing_matrix(lens: lensinv.Lens, image_grid: lensinv.ImageGrid, source_grid: lensinv.SourceGrid,
+                             supersample: int) -> sp.csr_matrix:
+    """Plain NumPy/COO build of L from DESIGN.md's words (slow, independent of the Numba kernel)."""
+    n, ss = image_grid.n, supersample
+    off = (np.arange(ss) + 0.5) / ss - 0.5
+    i, j, a, b = np.meshgrid(np.arange(n), np.arange(n), np.arange(ss), np.arange(ss), indexing="ij")
+    y = (i - (n - 1) / 2 + off[a]) * image_grid.delta
+    x = (j - (n - 1) / 2 + off[b]) * image_grid.delta
+    bx, by = lens.raytrace(x, y)
+    fx = bx / source_grid.delta + (source_grid.n - 1) / 2
+    fy = by / source_grid.delta + (source_grid.n - 1) / 2
+    j0, i0 = np.floor(fx), np.floor(fy)
+    tx, ty = fx - j0, fy - i0
+    rows, cols, vals = [], [], []
+    for di in (0, 1):
+        for dj in (0, 1):
+            ii, jj = i0 + di, j0 + dj
+            w = (ty if di else 1 - ty) * (tx if dj else 1 - tx)
+            ok = (ii >= 0) & (ii < source_grid.n) & (jj >= 0) & (jj < source_grid.n) & (w > 0)
+            rows.append((i * n + j)[ok])
+            cols.append((ii * source_grid.n + jj)[ok].astype(np.int64))
+            vals.append(w[ok] / ss**2)
+    m = sp.coo_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                      shape=(image_grid.size, source_grid.size)).tocsr()
+    m.sum_duplicates()
+    m.eliminate_zeros()
+    return m
+
+
+def dot_test(apply, adjoint, n_in: int, n_out: int, rng: np.random.Generator) -> float:
+    """Relative mismatch of <A x, y> and <x, A^T y> for random x, y."""
+    x = rng.normal(size=n_in)
+    y = rng.normal(size=n_out)
+    lhs = float(np.dot(apply(x), y))
+    rhs = float(np.dot(x, adjoint(y)))
+    return abs(lhs - rhs) / max(abs(lhs), abs(rhs))
+
+
+def random_lens(rng: np.random.Generator, q: float | None = None) -> lensinv.Lens:
+    return lensinv.Lens(
+        lensinv.SIE(theta_E=rng.uniform(0.3, 2.5), q=rng.uniform(0.2, 1.0) if q is None else q,
+                    phi=rng.uniform(0, 2 * np.pi), center=tuple(rng.normal(0, 0.05, 2))),
+        lensinv.ExternalShear(gamma=rng.uniform(0, 0.2), phi=rng.uniform(0, 2 * np.pi)),
+    )
