@@ -4,10 +4,14 @@ An observation is ``d = F L s + n``: ``L`` ray traces the source grid through
 the lens, ``F`` blurs with the PSF. See ``DESIGN.md`` for the conventions.
 """
 
-from .grids import ImageGrid, SourceGrid
-from .mass import SIE, ExternalShear, Lens
-from .operator import DEFAULT_SUPERSAMPLE, LensOperator, lensing_matrix, operator, psf_matrix
-from .psf import airy_psf, gaussian_psf, psf_from_fits, validate_kernel
+from ._simd import prefer_wide_vectors
+
+prefer_wide_vectors()  # before any kernel is compiled
+
+from .grids import ImageGrid, SourceGrid  # noqa: E402
+from .mass import SIE, ExternalShear, Lens  # noqa: E402
+from .operator import DEFAULT_SUPERSAMPLE, LensOperator, lensing_matrix, operator, psf_matrix  # noqa: E402
+from .psf import airy_psf, gaussian_psf, psf_from_fits, validate_kernel  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -19,7 +19,7 @@ import math
 import numba as nb
 import numpy as np
 
-from ._vmath import JIT, atan, atanh
+from ._vmath import JIT, _bits, _from_bits, atan_ratio, atanh_ratio
 
 SIE_ROW = 0.0
 SHEAR_ROW = 1.0
@@ -54,9 +54,14 @@ def deflect_into(x, y, comps, ax, ay):
                     xp = cp * dx + sp * dy
                     yp = cp * dy - sp * dx
                     psi = math.sqrt(q2 * xp * xp + yp * yp)
-                    inv = 1.0 / psi if psi > 0.0 else 0.0  # a ray through the centre: no deflection
-                    axp = be * atan(e * xp * inv)
-                    ayp = be * atanh(e * yp * inv)
+                    # the SIE deflection depends on direction only: rescale by a power of two so psi is in [1, 2)
+                    scale = _from_bits((2046 - ((_bits(psi) >> 52) & 0x7FF)) << 52)
+                    ps = psi * scale
+                    ex = e * xp * scale
+                    ey = e * yp * scale
+                    centre = psi == 0.0  # a ray through the centre: no deflection
+                    axp = 0.0 if centre else be * atan_ratio(ex, ps)
+                    ayp = 0.0 if centre else be * atanh_ratio(ey, ps)
                     ax[r] += cp * axp - sp * ayp
                     ay[r] += sp * axp + cp * ayp
             else:  # q == 1: the SIS limit, exact

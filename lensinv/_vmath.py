@@ -1,15 +1,17 @@
-"""Branch-free float64 ``atan`` and ``atanh`` that LLVM can vectorise.
+"""Branch-free float64 ``atan(n/d)`` and ``atanh(n/d)`` that LLVM can vectorise.
 
 Numba calls libm for ``math.atan``/``math.atanh`` one element at a time; these
 versions are plain arithmetic with selects, so loops over arrays compile to
-SIMD code. ``atan`` is within 1 ulp over the whole real line and ``atanh``
-within a few ulp on (-1, 1); tests compare both against ``math``.
+SIMD code, and each takes its argument as a ratio so that it costs a single
+division. Both are within a few ulp; tests compare them against ``math`` and
+mpmath.
 
-- ``atan``: Cephes' argument reduction (0, tan(pi/8), tan(3pi/8)) and its
-  degree 4/5 rational approximation.
-- ``atanh``: for ``|u| <= 3 - 2 sqrt 2`` the Taylor series; otherwise
-  ``0.5 log((1+u)/(1-u))``, with the logarithm reduced through its binary
-  exponent (bit manipulation) to ``k ln2 + 2 atanh(s)``, ``|s| <= 3 - 2 sqrt 2``.
+- ``atan_ratio``: Cephes' argument reduction (0, tan(pi/8), tan(3pi/8)) and
+  its degree 4/5 rational approximation, written homogeneously in ``(n, d)``.
+- ``atanh_ratio``: for ``|n/d| <= 3 - 2 sqrt 2`` the Taylor series; otherwise
+  ``0.5 log((d+n)/(d-n))`` with both terms split into binary exponent and
+  mantissa (bit manipulation), reducing to ``k ln2 / 2 + atanh(s)``,
+  ``|s| <= 3 - 2 sqrt 2``.
 """
 
 from __future__ import annotations
@@ -62,23 +64,6 @@ def _from_bits(typingctx, n):
 
 
 @nb.njit(inline="always", **JIT)
-def atan(x):
-    ax = abs(x)
-    big = ax > _T3P8
-    mid = ax > 0.66
-    num = (-1.0 if big else ax - 1.0) if mid else ax
-    den = (ax if big else ax + 1.0) if mid else 1.0
-    xr = num / den
-    y0 = (_PIO2 if big else _PIO4) if mid else 0.0
-    mb = (_MOREBITS if big else 0.5 * _MOREBITS) if mid else 0.0
-    z = xr * xr
-    p = (((_P0 * z + _P1) * z + _P2) * z + _P3) * z + _P4
-    q = ((((z + _Q0) * z + _Q1) * z + _Q2) * z + _Q3) * z + _Q4
-    r = y0 + ((xr * (z * p / q) + xr) + mb)
-    return r if x >= 0.0 else -r
-
-
-@nb.njit(inline="always", **JIT)
 def _atanh_series(s):
     """atanh(s) for |s| <= 3 - 2 sqrt 2 (Taylor series to 2e-17 relative)."""
     z = s * s
@@ -97,17 +82,50 @@ def _atanh_series(s):
 
 
 @nb.njit(inline="always", **JIT)
-def atanh(u):
-    small = abs(u) <= _S_MAX
-    t = (1.0 + u) / (1.0 - u)
-    t = t if not small else 1.0  # keep the bit tricks on a harmless value
-    bits = _bits(t)
-    k = (bits >> 52) - 1023
-    m = _from_bits((bits & _MANT) | _ONE_EXP)  # t = m 2^k, m in [1, 2)
-    hi = m > _SQRT2
-    m = 0.5 * m if hi else m
-    k = k + 1 if hi else k
-    s = (m - 1.0) / (m + 1.0)
-    kf = 0.5 * float(k)
-    big = kf * _LN2_HI + (_atanh_series(s) + kf * _LN2_LO)
-    return _atanh_series(u) if small else big
+def atan_ratio(n, d):
+    """``atan(n / d)`` for ``d > 0`` with a single division.
+
+    The Cephes reduction and rational approximation are written homogeneously
+    in ``(n, d)``. ``n`` and ``d`` should be of moderate magnitude (callers
+    normalise ``d`` to [1, 2)); ``|n / d|`` is capped at 1e20, where atan is
+    pi/2 to double precision.
+    """
+    a = min(abs(n), 1e20 * d)
+    big = a > _T3P8 * d
+    mid = a > 0.66 * d
+    num = (-d if big else a - d) if mid else a
+    den = (a if big else a + d) if mid else d
+    y0 = (_PIO2 if big else _PIO4) if mid else 0.0
+    mb = (_MOREBITS if big else 0.5 * _MOREBITS) if mid else 0.0
+    n2 = num * num
+    d2 = den * den
+    d4 = d2 * d2
+    pt = (((_P0 * n2 + _P1 * d2) * n2 + _P2 * d4) * n2 + _P3 * d4 * d2) * n2 + _P4 * d4 * d4
+    qt = ((((n2 + _Q0 * d2) * n2 + _Q1 * d4) * n2 + _Q2 * d4 * d2) * n2 + _Q3 * d4 * d4) * n2 + _Q4 * d4 * d4 * d2
+    r = y0 + (num * (qt + n2 * pt) / (den * qt) + mb)
+    return r if n >= 0.0 else -r
+
+
+@nb.njit(inline="always", **JIT)
+def atanh_ratio(n, d):
+    """``atanh(n / d)`` for ``|n| < d`` with a single division.
+
+    ``0.5 log((d + n) / (d - n))`` with both terms split into binary exponent
+    and mantissa (so no division forms the ratio); for ``|n / d| <= 3 - 2 sqrt 2``
+    the series runs on ``n / d`` itself, keeping full relative precision near 0.
+    ``d + n`` and ``d - n`` must be normal numbers.
+    """
+    small = abs(n) <= _S_MAX * d
+    bn = _bits(d + n)
+    bd = _bits(d - n)
+    k = ((bn >> 52) & 0x7FF) - ((bd >> 52) & 0x7FF)
+    mn = _from_bits((bn & _MANT) | _ONE_EXP)
+    md = _from_bits((bd & _MANT) | _ONE_EXP)
+    hi = mn > _SQRT2 * md
+    lo = md > _SQRT2 * mn
+    md = 2.0 * md if hi else md
+    mn = 2.0 * mn if lo else mn
+    k = k + 1 if hi else (k - 1 if lo else k)
+    s = (n if small else mn - md) / (d if small else mn + md)
+    kf = 0.0 if small else 0.5 * float(k)
+    return kf * _LN2_HI + (_atanh_series(s) + kf * _LN2_LO)

@@ -1,0 +1,74 @@
+#!/usr/bin/env python
+"""Time lensinv.operator (ray tracing + weights + CSR) against lenstronomy's ray shooting
+of the same rays, in the same process; prints medians and their ratio.
+
+    python benchmarks/operator_build.py [--repeats 21] [--lenses 5]
+
+Target (issue 2): the whole operator >= 5x faster than lenstronomy's ray shooting alone
+for a 192x192 image, 64x64 source and 4x4 sub-pixels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import numba
+import numpy as np
+
+import lensinv
+
+
+def subpixel_rays(grid: lensinv.ImageGrid, ss: int) -> tuple[np.ndarray, np.ndarray]:
+    off = ((np.arange(ss) + 0.5) / ss - 0.5) * grid.delta
+    x, y = grid.coordinates()
+    xs = (x[:, :, None, None] + off[None, None, None, :]) + 0 * off[None, None, :, None]
+    ys = (y[:, :, None, None] + off[None, None, :, None]) + 0 * off[None, None, None, :]
+    return xs.ravel(), ys.ravel()
+
+
+def median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=21)
+    ap.add_argument("--lenses", type=int, default=5, help="random SIE + shear lenses from the seed's ranges")
+    ap.add_argument("--supersample", type=int, default=4)
+    ap.add_argument("--seed", type=int, default=1)
+    args = ap.parse_args()
+    from lenstronomy.LensModel.lens_model import LensModel
+
+    image_grid, source_grid, ss = lensinv.ImageGrid(192, 0.04), lensinv.SourceGrid(64, 1.5), args.supersample
+    x, y = subpixel_rays(image_grid, ss)
+    rng = np.random.default_rng(args.seed)
+    print(f"{platform.processor() or platform.machine()}, numba threads {numba.get_num_threads()}, "
+          f"{image_grid.n}^2 image x {ss}^2 sub-pixels = {x.size} rays, {source_grid.n}^2 source")
+    ratios = []
+    for k in range(args.lenses):
+        lens = lensinv.Lens(
+            lensinv.SIE(theta_E=rng.uniform(0.5, 2.5), q=rng.uniform(0.2, 1.0), phi=rng.uniform(0, 2 * np.pi)),
+            lensinv.ExternalShear(gamma=rng.uniform(0, 0.2), phi=rng.uniform(0, 2 * np.pi)))
+        models, kwargs = lens.to_lenstronomy()
+        lm = LensModel(models)
+        lensinv.operator(lens, image_grid, source_grid, supersample=ss)  # compile / warm up
+        lm.ray_shooting(x, y, kwargs)
+        t_ours = median_time(lambda: lensinv.operator(lens, image_grid, source_grid, supersample=ss), args.repeats)
+        t_ref = median_time(lambda: lm.ray_shooting(x, y, kwargs), args.repeats)
+        ratios.append(t_ref / t_ours)
+        print(f"lens {k}: lensinv.operator {t_ours * 1e3:7.2f} ms | lenstronomy ray_shooting {t_ref * 1e3:7.2f} ms "
+              f"| ratio {t_ref / t_ours:5.2f}x")
+    print(f"median ratio (lenstronomy ray shooting / whole lensinv operator): {statistics.median(ratios):.2f}x "
+          f"(target >= 5x)")
+
+
+if __name__ == "__main__":
+    main()
