@@ -300,15 +300,33 @@ def psf_csr_kernel(n, kernel):
     """
     K = kernel.shape[0]
     c = (K - 1) // 2
+    # non-zero taps as offsets (da, db) = (a - i, b - j), in increasing column order
+    nz = 0
+    for m in range(K):
+        for l in range(K):
+            if kernel[m, l] != 0.0:
+                nz += 1
+    da = np.empty(nz, dtype=np.int64)
+    db = np.empty(nz, dtype=np.int64)
+    tv = np.empty(nz)
+    t = 0
+    for m in range(K - 1, -1, -1):
+        for l in range(K - 1, -1, -1):
+            if kernel[m, l] != 0.0:
+                da[t] = c - m
+                db[t] = c - l
+                tv[t] = kernel[m, l]
+                t += 1
     npix = n * n
     counts = np.zeros(npix + 1, dtype=np.int64)
     for i in nb.prange(n):
         for j in range(n):
             cnt = 0
-            for a in range(max(i - c, 0), min(i + c, n - 1) + 1):
-                for b in range(max(j - c, 0), min(j + c, n - 1) + 1):
-                    if kernel[i - a + c, j - b + c] != 0.0:
-                        cnt += 1
+            for t in range(nz):
+                a = i + da[t]
+                b = j + db[t]
+                if a >= 0 and a < n and b >= 0 and b < n:
+                    cnt += 1
             counts[i * n + j + 1] = cnt
     indptr = np.cumsum(counts)
     indices = np.empty(indptr[npix], dtype=np.int32)
@@ -316,12 +334,11 @@ def psf_csr_kernel(n, kernel):
     for i in nb.prange(n):
         for j in range(n):
             p = indptr[i * n + j]
-            for a in range(max(i - c, 0), min(i + c, n - 1) + 1):
-                for b in range(max(j - c, 0), min(j + c, n - 1) + 1):
-                    v = kernel[i - a + c, j - b + c]
-                    if v != 0.0:
-                        indices[p] = a * n + b
-                        data[p] = v
-                        p += 1
+            for t in range(nz):
+                a = i + da[t]
+                b = j + db[t]
+                if a >= 0 and a < n and b >= 0 and b < n:
+                    indices[p] = a * n + b
+                    data[p] = tv[t]
+                    p += 1
     return indptr, indices, data
-

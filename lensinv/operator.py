@@ -9,11 +9,13 @@ kernels straight into CSR arrays.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 import scipy.sparse as sp
+from scipy.signal import fftconvolve
 
 from . import _kernels
 from ._validate import int_at_least, pixel_array
@@ -90,22 +92,48 @@ class LensOperator:
     psf : ndarray or None
         The normalised PSF kernel.
     supersample : int
+
+    Notes
+    -----
+    ``F``, ``matrix`` and ``matrix_t`` are formed on first access and then
+    kept. Until ``matrix`` exists, :meth:`apply` and :meth:`adjoint` blur with
+    an FFT convolution of the same kernel (the same linear map up to rounding,
+    about 1e-16 relative), which is much cheaper for a few products with a
+    wide PSF, as when simulating.
     """
 
     L: sp.csr_matrix
-    F: Optional[sp.csr_matrix]
-    matrix: sp.csr_matrix
     image_grid: ImageGrid
     source_grid: SourceGrid
     lens: Lens
     psf: Optional[np.ndarray]
     supersample: int
-    _transpose: list = field(default_factory=list, repr=False)
 
     @property
     def shape(self) -> tuple[int, int]:
         """``(n_img^2, n_src^2)``."""
-        return self.matrix.shape
+        return self.L.shape
+
+    @cached_property
+    def F(self) -> Optional[sp.csr_matrix]:
+        return None if self.psf is None else psf_matrix(self.psf, self.image_grid)
+
+    @cached_property
+    def matrix(self) -> sp.csr_matrix:
+        if self.F is None:
+            return self.L
+        m = (self.F @ self.L).tocsr()
+        m.sort_indices()
+        return m
+
+    @cached_property
+    def matrix_t(self) -> sp.csr_matrix:
+        """``matrix.T`` as CSR (computed once, then kept)."""
+        return self.matrix.T.tocsr()
+
+    def _blur(self, flat: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+        img = flat.reshape(self.image_grid.shape)
+        return fftconvolve(img, kernel, mode="same").reshape(-1)
 
     def apply(self, source: np.ndarray) -> np.ndarray:
         """Image ``F L s`` of a source (surface brightness in the source's units).
@@ -114,21 +142,20 @@ class LensOperator:
         has the same layout on the image grid.
         """
         flat, was_2d = pixel_array("source", source, self.source_grid.n)
-        out = self.matrix @ flat
+        if self.psf is None or "matrix" in self.__dict__:
+            out = self.matrix @ flat
+        else:
+            out = self._blur(self.L @ flat, self.psf)
         return out.reshape(self.image_grid.shape) if was_2d else out
 
     def adjoint(self, image: np.ndarray) -> np.ndarray:
         """Exact transpose product ``(F L)^T d``; flat or 2-D as given."""
         flat, was_2d = pixel_array("image", image, self.image_grid.n)
-        out = self.matrix_t @ flat
+        if self.psf is None or "matrix" in self.__dict__:
+            out = self.matrix_t @ flat
+        else:  # F^T is the convolution with the flipped kernel
+            out = self.L.T @ self._blur(flat, self.psf[::-1, ::-1])
         return out.reshape(self.source_grid.shape) if was_2d else out
-
-    @property
-    def matrix_t(self) -> sp.csr_matrix:
-        """``matrix.T`` as CSR (computed once, then cached)."""
-        if not self._transpose:
-            self._transpose.append(self.matrix.T.tocsr())
-        return self._transpose[0]
 
     def to_torch(self, device: Any = None, dtype: "Optional[torch.dtype]" = None) -> "TorchOperator":
         """The operator as torch sparse CSR tensors (``matrix`` and its transpose).
@@ -182,11 +209,6 @@ def operator(lens: Lens, image_grid: ImageGrid = ImageGrid(), source_grid: Sourc
     ss = int_at_least("supersample", supersample, 1)
     L = lensing_matrix(lens, image_grid, source_grid, ss)
     if psf is None:
-        return LensOperator(L=L, F=None, matrix=L, image_grid=image_grid, source_grid=source_grid,
-                            lens=lens, psf=None, supersample=ss)
+        return LensOperator(L=L, image_grid=image_grid, source_grid=source_grid, lens=lens, psf=None, supersample=ss)
     kernel = validate_kernel(psf)
-    F = psf_matrix(kernel, image_grid)
-    M = (F @ L).tocsr()
-    M.sort_indices()
-    return LensOperator(L=L, F=F, matrix=M, image_grid=image_grid, source_grid=source_grid,
-                        lens=lens, psf=kernel, supersample=ss)
+    return LensOperator(L=L, image_grid=image_grid, source_grid=source_grid, lens=lens, psf=kernel, supersample=ss)
