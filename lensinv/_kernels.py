@@ -291,16 +291,12 @@ def lensing_csr_kernel(n_img, d_img, n_src, d_src, ss, comps):
     return indptr, indices, data
 
 
-@nb.njit(parallel=True, cache=True)
-def psf_csr_kernel(n, kernel):
-    """CSR arrays of the ``n^2 x n^2`` matrix of ``convolve2d(img, kernel, mode="same")``.
-
-    ``out[i, j] = sum_{a, b} img[a, b] * kernel[i - a + c, j - b + c]`` with
-    ``c = (K - 1) / 2`` for an odd ``K x K`` kernel; zero kernel entries are not stored.
-    """
+@nb.njit(cache=True)
+def _psf_taps(kernel):
+    """Non-zero taps of a convolution kernel as offsets ``(da, db) = (a - i, b - j)`` of the input
+    pixel from the output pixel, with their values, in increasing input (column) order."""
     K = kernel.shape[0]
     c = (K - 1) // 2
-    # non-zero taps as offsets (da, db) = (a - i, b - j), in increasing column order
     nz = 0
     for m in range(K):
         for l in range(K):
@@ -317,6 +313,18 @@ def psf_csr_kernel(n, kernel):
                 db[t] = c - l
                 tv[t] = kernel[m, l]
                 t += 1
+    return da, db, tv
+
+
+@nb.njit(parallel=True, cache=True)
+def psf_csr_kernel(n, kernel):
+    """CSR arrays of the ``n^2 x n^2`` matrix of ``convolve2d(img, kernel, mode="same")``.
+
+    ``out[i, j] = sum_{a, b} img[a, b] * kernel[i - a + c, j - b + c]`` with
+    ``c = (K - 1) / 2`` for an odd ``K x K`` kernel; zero kernel entries are not stored.
+    """
+    da, db, tv = _psf_taps(kernel)
+    nz = tv.shape[0]
     npix = n * n
     counts = np.zeros(npix + 1, dtype=np.int64)
     for i in nb.prange(n):
@@ -341,4 +349,102 @@ def psf_csr_kernel(n, kernel):
                     indices[p] = a * n + b
                     data[p] = tv[t]
                     p += 1
+    return indptr, indices, data
+
+
+@nb.njit(cache=True)
+def _blurred_row(i, j, n, da, db, tv, l_ptr, l_r, l_c, l_val, ns, r0, r1, c0, c1, box,
+                 out_cols, out_vals, offset, write):
+    """Row ``(i, j)`` of ``F L``: the PSF-weighted sum of the neighbouring rows of L, accumulated
+    densely over the box ``[r0, r1] x [c0, c1]`` of source pixels and scanned in column order."""
+    bw = c1 - c0 + 1
+    size = (r1 - r0 + 1) * bw
+    for u in range(size):
+        box[u] = 0.0
+    for t in range(tv.shape[0]):
+        a = i + da[t]
+        b = j + db[t]
+        if a >= 0 and a < n and b >= 0 and b < n:
+            k = a * n + b
+            w = tv[t]
+            for p in range(l_ptr[k], l_ptr[k + 1]):
+                box[(l_r[p] - r0) * bw + l_c[p] - c0] += w * l_val[p]
+    cnt = 0
+    for u in range(size):
+        if box[u] != 0.0:
+            if write:
+                out_cols[offset + cnt] = (r0 + u // bw) * ns + c0 + u % bw
+                out_vals[offset + cnt] = box[u]
+            cnt += 1
+    return cnt
+
+
+@nb.njit(cache=True)
+def _window_extreme(v, n, h, take_max, empty):
+    """Separable running min (or max) of an ``n x n`` map over a ``(2h+1)^2`` window, ignoring ``empty``."""
+    tmp = np.empty(n * n, dtype=np.int64)
+    out = np.empty(n * n, dtype=np.int64)
+    for src, dst, along_rows in ((v, tmp, True), (tmp, out, False)):
+        for i in range(n):
+            for j in range(n):
+                best = empty
+                for d in range(-h, h + 1):
+                    a, b = (i, j + d) if along_rows else (i + d, j)
+                    if a >= 0 and a < n and b >= 0 and b < n:
+                        x = src[a * n + b]
+                        if x != empty and (best == empty or (x > best if take_max else x < best)):
+                            best = x
+                dst[i * n + j] = best
+    return out
+
+
+@nb.njit(parallel=True, cache=True)
+def psf_lens_csr_kernel(n, kernel, l_ptr, l_idx, l_val, ns):
+    """CSR arrays of ``F L`` straight from the PSF kernel and the CSR arrays of L (``n^2`` image
+    pixels, ``ns^2`` source pixels), without forming F."""
+    da, db, tv = _psf_taps(kernel)
+    h = (kernel.shape[0] - 1) // 2
+    npix = n * n
+    l_r = np.empty(l_idx.shape[0], dtype=np.int32)
+    l_c = np.empty(l_idx.shape[0], dtype=np.int32)
+    # bounding box of each row of L on the source grid (-1 for empty rows) ...
+    rmin = np.full(npix, -1, dtype=np.int64)
+    rmax = np.full(npix, -1, dtype=np.int64)
+    cmin = np.full(npix, -1, dtype=np.int64)
+    cmax = np.full(npix, -1, dtype=np.int64)
+    for k in nb.prange(npix):
+        for p in range(l_ptr[k], l_ptr[k + 1]):
+            r = l_idx[p] // ns
+            c = l_idx[p] % ns
+            l_r[p] = r
+            l_c[p] = c
+            rmin[k] = r if rmin[k] < 0 else min(rmin[k], r)
+            rmax[k] = max(rmax[k], r)
+            cmin[k] = c if cmin[k] < 0 else min(cmin[k], c)
+            cmax[k] = max(cmax[k], c)
+    # ... and over each output pixel's PSF window (a superset of the taps' support)
+    rmin = _window_extreme(rmin, n, h, False, -1)
+    rmax = _window_extreme(rmax, n, h, True, -1)
+    cmin = _window_extreme(cmin, n, h, False, -1)
+    cmax = _window_extreme(cmax, n, h, True, -1)
+    counts = np.zeros(npix + 1, dtype=np.int64)
+    dummy_c = np.empty(0, dtype=np.int32)
+    dummy_v = np.empty(0)
+    for i in nb.prange(n):
+        box = np.empty(ns * ns)
+        for j in range(n):
+            k = i * n + j
+            if rmax[k] >= 0:
+                counts[k + 1] = _blurred_row(i, j, n, da, db, tv, l_ptr, l_r, l_c, l_val, ns, rmin[k], rmax[k],
+                                             cmin[k], cmax[k], box, dummy_c, dummy_v, 0, False)
+    indptr = np.cumsum(counts)
+    indices = np.empty(indptr[npix], dtype=np.int32)
+    data = np.empty(indptr[npix])
+    for i in nb.prange(n):
+        box = np.empty(ns * ns)
+        for j in range(n):
+            k = i * n + j
+            if rmax[k] >= 0:
+                _blurred_row(i, j, n, da, db, tv, l_ptr, l_r, l_c, l_val, ns, rmin[k], rmax[k], cmin[k], cmax[k],
+                             box, indices, data, indptr[k], True)
     return indptr, indices, data

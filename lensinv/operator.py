@@ -120,11 +120,11 @@ class LensOperator:
 
     @cached_property
     def matrix(self) -> sp.csr_matrix:
-        if self.F is None:
+        if self.psf is None:
             return self.L
-        m = (self.F @ self.L).tocsr()
-        m.sort_indices()
-        return m
+        L = self.L
+        return _csr(_kernels.psf_lens_csr_kernel(self.image_grid.n, self.psf, L.indptr, L.indices, L.data,
+                                                 self.source_grid.n), L.shape)
 
     @cached_property
     def matrix_t(self) -> sp.csr_matrix:
