@@ -260,8 +260,11 @@ def _merge(path: Path, parts_dir: Path, spans: list[tuple[int, int]], header: di
         if header["store_operators"]:
             d_ptr = f.create_dataset("operators/indptr", (m, ni * ni + 1), np.int64, chunks=(1, ni * ni + 1), **gz)
             d_off = f.create_dataset("operators/offset", (m + 1,), np.int64)
+            # column indices are stored as differences within each row (first entry absolute), which gzip
+            # shrinks well; the float32 values hardly compress and are stored raw
             d_ind = f.create_dataset("operators/indices", (0,), np.int32, maxshape=(None,), chunks=(1 << 18,), **gz)
-            d_dat = f.create_dataset("operators/data", (0,), np.float32, maxshape=(None,), chunks=(1 << 18,), **gz)
+            d_ind.attrs["encoding"] = "row-delta"
+            d_dat = f.create_dataset("operators/data", (0,), np.float32, maxshape=(None,), chunks=(1 << 18,))
             offset = 0
             d_off[0] = 0
         row = 0
@@ -285,7 +288,7 @@ def _merge(path: Path, parts_dir: Path, spans: list[tuple[int, int]], header: di
                     total = int(nnz.sum())
                     d_ind.resize((offset + total,))
                     d_dat.resize((offset + total,))
-                    d_ind[offset:offset + total] = part["op_indices"]
+                    d_ind[offset:offset + total] = _row_delta(part["op_indices"], ptr)
                     d_dat[offset:offset + total] = part["op_data"]
                     d_off[row + 1:row + k + 1] = offset + np.cumsum(nnz)
                     offset += total
@@ -293,6 +296,24 @@ def _merge(path: Path, parts_dir: Path, spans: list[tuple[int, int]], header: di
     with open(tmp, "rb+") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+def _row_delta(indices: np.ndarray, indptrs: np.ndarray) -> np.ndarray:
+    """Encode concatenated CSR column indices as differences within each row."""
+    out = indices.astype(np.int32, copy=True)
+    out[1:] -= indices[:-1]
+    starts = np.concatenate([p[:-1][np.diff(p) > 0] + base for p, base in
+                             zip(indptrs, np.concatenate([[0], np.cumsum(indptrs[:, -1])[:-1]]))])
+    out[starts] = indices[starts]
+    return out
+
+
+def _row_undelta(delta: np.ndarray, indptr: np.ndarray) -> np.ndarray:
+    """Decode one CSR matrix's column indices from :func:`_row_delta`."""
+    full = np.cumsum(delta, dtype=np.int64)
+    counts = np.diff(indptr)
+    before = np.concatenate([[0], full])[indptr[:-1]]
+    return (full - np.repeat(before, counts)).astype(np.int32)
 
 
 # --------------------------------------------------------------------------- reader
@@ -438,7 +459,8 @@ class LensDataset:
             indptr = f["operators/indptr"][j]
             off = int(f["operators/offset"][j])
             nnz = int(indptr[-1])
-            matrix = sp.csr_matrix((f["operators/data"][off:off + nnz], f["operators/indices"][off:off + nnz], indptr),
+            indices = _row_undelta(f["operators/indices"][off:off + nnz], indptr)
+            matrix = sp.csr_matrix((f["operators/data"][off:off + nnz], indices, indptr),
                                    shape=(self.image_grid.size, self.source_grid.size))
         return Example(index=int(f["index"][j]), lens=lens, source=f["source"][j].astype(np.float64),
                        image=f["image"][j].astype(np.float64), sigma=float(f["sigma"][j]),
