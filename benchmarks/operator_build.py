@@ -69,6 +69,21 @@ def main() -> None:
     print(f"median ratio (lenstronomy ray shooting / whole lensinv operator): {statistics.median(ratios):.2f}x "
           f"(target >= 5x)")
 
+    # forming F L: lensinv's kernel (straight from the PSF taps and L) against SciPy's F @ L
+    from lensinv import _kernels
+
+    for fwhm in (0.08, 0.15):
+        psf = lensinv.gaussian_psf(fwhm, image_grid.pixel_scale)
+        op = lensinv.operator(lens, image_grid, source_grid, psf=psf, supersample=ss)
+        F, L = op.F, op.L
+        fl = lambda: _kernels.psf_lens_csr_kernel(image_grid.n, psf, L.indptr, L.indices, L.data,  # noqa: E731
+                                                  source_grid.n)
+        fl()
+        t_fl = median_time(fl, args.repeats)
+        t_sp = median_time(lambda: F @ L, args.repeats)
+        print(f"F L for a {psf.shape[0]}x{psf.shape[0]} PSF ({fwhm} arcsec FWHM, nnz {op.matrix.nnz}): "
+              f"lensinv {t_fl * 1e3:6.1f} ms | scipy F @ L {t_sp * 1e3:6.1f} ms | ratio {t_sp / t_fl:4.2f}x")
+
 
 if __name__ == "__main__":
     main()

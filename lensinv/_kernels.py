@@ -379,22 +379,32 @@ def _blurred_row(i, j, n, da, db, tv, l_ptr, l_r, l_c, l_val, ns, r0, r1, c0, c1
     return cnt
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, inline="always")
+def _better(best, x, take_max, empty):
+    if x == empty:
+        return best
+    if best == empty:
+        return x
+    return max(best, x) if take_max else min(best, x)
+
+
+@nb.njit(parallel=True, cache=True)
 def _window_extreme(v, n, h, take_max, empty):
     """Separable running min (or max) of an ``n x n`` map over a ``(2h+1)^2`` window, ignoring ``empty``."""
     tmp = np.empty(n * n, dtype=np.int64)
     out = np.empty(n * n, dtype=np.int64)
-    for src, dst, along_rows in ((v, tmp, True), (tmp, out, False)):
-        for i in range(n):
-            for j in range(n):
-                best = empty
-                for d in range(-h, h + 1):
-                    a, b = (i, j + d) if along_rows else (i + d, j)
-                    if a >= 0 and a < n and b >= 0 and b < n:
-                        x = src[a * n + b]
-                        if x != empty and (best == empty or (x > best if take_max else x < best)):
-                            best = x
-                dst[i * n + j] = best
+    for i in nb.prange(n):
+        for j in range(n):
+            best = empty
+            for b in range(max(j - h, 0), min(j + h, n - 1) + 1):
+                best = _better(best, v[i * n + b], take_max, empty)
+            tmp[i * n + j] = best
+    for i in nb.prange(n):
+        for j in range(n):
+            best = empty
+            for a in range(max(i - h, 0), min(i + h, n - 1) + 1):
+                best = _better(best, tmp[a * n + j], take_max, empty)
+            out[i * n + j] = best
     return out
 
 
