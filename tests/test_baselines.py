@@ -1,0 +1,224 @@
+"""Warren-Dye inversion with the Suyu et al. (2006) evidence."""
+
+import logging
+import math
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import baselines
+import lensinv
+from baselines import invert
+from baselines import solvers
+from baselines.regularization import log_det_exact, regularization_matrix
+from lensinv import SIE, ExternalShear, ImageGrid, Lens, SourceGrid
+
+LENS = Lens(SIE(0.6, 0.8, 0.5), ExternalShear(0.03, 0.4))
+IMG = ImageGrid(40, 0.05)
+SRC = SourceGrid(12, 0.8)
+
+
+def _blob(grid, x0=0.03, y0=-0.02, w=0.12):
+    x, y = grid.coordinates()
+    return np.exp(-0.5 * ((x - x0) ** 2 + (y - y0) ** 2) / w**2)
+
+
+def _problem(rng, psf=True, sigma=0.02):
+    op = lensinv.operator(LENS, IMG, SRC, psf=lensinv.gaussian_psf(0.1, IMG.pixel_scale) if psf else None,
+                          supersample=2)
+    s = _blob(SRC)
+    d = op.apply(s) + rng.normal(0, sigma, IMG.shape)
+    return op, s, d
+
+
+@pytest.mark.parametrize("form", ["zeroth", "gradient", "curvature"])
+def test_H_symmetric_positive_definite_with_the_right_null_space(form):
+    n = 10
+    H = regularization_matrix(form, n)
+    assert (abs(H - H.T)).max() == 0
+    ev = np.linalg.eigvalsh(H.toarray())
+    assert ev.min() > 0  # zero beyond the edge: a proper prior
+    assert np.sum(np.log(ev)) == pytest.approx(log_det_exact(form, n), rel=1e-10)
+    y, x = np.mgrid[:n, :n].astype(float)
+    interior = lambda k: (slice(k, n - k), slice(k, n - k))  # noqa: E731
+    if form == "gradient":  # constants cost nothing away from the edge
+        hs = (H @ np.full(n * n, 3.0)).reshape(n, n)
+        np.testing.assert_allclose(hs[interior(1)], 0, atol=1e-12)
+        assert np.abs(hs).max() > 0
+    if form == "curvature":  # nor do planes, including the x*y twist
+        for f in (np.ones_like(x), x, y, 2 + 0.5 * x - 0.3 * y + 0.1 * x * y):
+            hs = (H @ f.ravel()).reshape(n, n)
+            np.testing.assert_allclose(hs[interior(2)], 0, atol=1e-10)
+        # while curvature costs energy everywhere, and H (fourth order) acts on quartics
+        assert (x**2).ravel() @ H @ (x**2).ravel() > 4 * (n - 2) * n
+        np.testing.assert_allclose((H @ (x**4).ravel()).reshape(n, n)[interior(2)], 24.0)
+    if form == "zeroth":
+        assert (H - sp.identity(n * n)).nnz == 0
+
+
+def test_noise_free_small_lam_recovers_the_source():
+    img, src = ImageGrid(60, 0.04), SourceGrid(10, 0.8)  # many image pixels per source pixel
+    op = lensinv.operator(Lens(SIE(0.5, 0.9, 0.2)), img, src, supersample=3)
+    s = _blob(src, 0.02, 0.0, 0.15)
+    res = invert(op, op.apply(s), 1e-3, lam=1e-10, regularization="gradient")
+    assert res.reached.all()
+    np.testing.assert_allclose(res.source, s, atol=1e-6)
+    assert res.chi2 < 1e-6
+
+
+def _dense_log_evidence(op, d, sigma_map, use, lam, form):
+    """Independent: log N(d; 0, C + M (lam H)^-1 M^T) over the used pixels, the reached unknowns."""
+    M = op.matrix.toarray()[use.ravel()]
+    reached = np.abs(M).sum(axis=0) > 0
+    M = M[:, reached]
+    H = regularization_matrix(form, op.source_grid.n).toarray()[np.ix_(reached, reached)]
+    cov = np.diag(sigma_map.ravel()[use.ravel()] ** 2) + M @ np.linalg.solve(lam * H, M.T)
+    dd = d.ravel()[use.ravel()]
+    sign, logdet = np.linalg.slogdet(cov)
+    assert sign > 0
+    return -0.5 * dd @ np.linalg.solve(cov, dd) - 0.5 * logdet - 0.5 * dd.size * math.log(2 * math.pi)
+
+
+@pytest.mark.parametrize("form", ["zeroth", "gradient", "curvature"])
+def test_log_evidence_equals_dense_marginal_likelihood(rng, form):
+    op, s, d = _problem(rng)
+    sigma_map = 0.02 * (1 + rng.uniform(0, 1, IMG.shape))
+    d = op.apply(s) + rng.normal(0, 1, IMG.shape) * sigma_map
+    use = np.ones(IMG.shape, bool)
+    use[:, :8] = False  # a mask that leaves some source pixels unreached
+    for lam in (0.3, 30.0):
+        res = invert(op, d, sigma_map, regularization=form, lam=lam, mask=use)
+        assert res.n_data == use.sum() and res.n_unknowns == res.reached.sum()
+        assert res.log_evidence == pytest.approx(_dense_log_evidence(op, d, sigma_map, use, lam, form), rel=1e-9)
+        # and the solution is the dense normal-equation solution
+        M = op.matrix.toarray()[use.ravel()][:, res.reached.ravel()]
+        W = np.diag(1 / sigma_map.ravel()[use.ravel()] ** 2)
+        H = regularization_matrix(form, SRC.n).toarray()[np.ix_(res.reached.ravel(), res.reached.ravel())]
+        ref = np.linalg.solve(M.T @ W @ M + lam * H, M.T @ W @ d.ravel()[use.ravel()])
+        np.testing.assert_allclose(res.source.ravel()[res.reached.ravel()], ref, rtol=1e-8, atol=1e-10)
+        chi2 = np.sum(((M @ ref - d.ravel()[use.ravel()]) / sigma_map.ravel()[use.ravel()]) ** 2)
+        assert res.chi2 == pytest.approx(chi2, rel=1e-9)
+        assert not res.source.ravel()[~res.reached.ravel()].any()
+
+
+@pytest.mark.parametrize("form", ["gradient", "curvature", "zeroth"])
+def test_chosen_lam_maximises_the_evidence(rng, form):
+    op, s, d = _problem(rng)
+    best = invert(op, d, 0.02, regularization=form)
+    assert best.evaluations >= 4
+    for factor in (10**-0.1, 10**0.1, 0.1, 10.0):
+        other = invert(op, d, 0.02, regularization=form, lam=best.lam * factor)
+        assert other.log_evidence < best.log_evidence
+    lams, evs = np.array(best.evidence_curve).T
+    assert best.log_evidence == pytest.approx(evs.max())
+    assert best.reduced_chi2 == pytest.approx(1.0, abs=0.2)
+    rmse = np.sqrt(np.mean((best.source - s) ** 2))
+    assert rmse < 0.1
+
+
+def test_backends_agree(rng, caplog):
+    op, s, d = _problem(rng)
+    results = {b: invert(op, d, 0.02, backend=b) for b in ("dense", "splu") + (("cholmod",) if baselines.have_cholmod() else ())}
+    ref = results["dense"]
+    for b, r in results.items():
+        assert r.backend == b
+        assert r.log_evidence == pytest.approx(ref.log_evidence, rel=1e-9)
+        assert r.lam == pytest.approx(ref.lam, rel=1e-6)
+        np.testing.assert_allclose(r.source, ref.source, rtol=1e-7, atol=1e-9)
+    # without scikit-sparse the sparse path falls back to SciPy with a logged warning
+    real, solvers._cholmod, solvers._warned[0] = solvers._cholmod, None, False
+    try:
+        with caplog.at_level(logging.WARNING, logger="baselines.solvers"):
+            assert solvers.choose_backend("auto", 5000, 10) in ("dense", "splu")
+        assert "scikit-sparse" in caplog.text
+        with pytest.raises(ValueError, match="scikit-sparse"):
+            solvers.choose_backend("cholmod", 10, 10)
+    finally:
+        solvers._cholmod = real
+
+
+@pytest.mark.skipif(not baselines.have_cholmod(), reason="scikit-sparse not installed")
+def test_cholmod_reuses_its_symbolic_analysis(rng):
+    op, _, d = _problem(rng, psf=False)
+    P = (op.matrix.T @ op.matrix).tocsr()
+    H = regularization_matrix("gradient", SRC.n)
+    f = solvers.Factorization(P, H, backend="cholmod")
+    sym = f._symbolic
+    dense = solvers.Factorization(P, H, backend="dense")
+    for lam in (0.1, 1.0, 10.0):
+        assert f.factor(lam).logdet() == pytest.approx(dense.factor(lam).logdet(), rel=1e-10)
+        assert f._symbolic is sym
+
+
+def test_posterior_std_and_nonnegative(rng):
+    op, s, d = _problem(rng)
+    res = invert(op, d, 0.02, lam=5.0, return_std=True)
+    M = op.matrix.toarray()[:, res.reached.ravel()] / 0.02
+    H = regularization_matrix("gradient", SRC.n).toarray()[np.ix_(res.reached.ravel(), res.reached.ravel())]
+    var = np.diag(np.linalg.inv(M.T @ M + 5.0 * H))
+    np.testing.assert_allclose(res.source_std.ravel()[res.reached.ravel()], np.sqrt(var), rtol=1e-8)
+    assert np.isnan(res.source_std.ravel()[~res.reached.ravel()]).all()
+    nn = invert(op, d, 0.02, lam=5.0, nonnegative=True)
+    assert nn.source.min() >= 0
+    A = M.T @ M + 5.0 * H
+    b = M.T @ (d.ravel() / 0.02)
+    q = lambda v: 0.5 * v @ A @ v - b @ v  # noqa: E731
+    clipped = np.clip(res.source.ravel()[res.reached.ravel()], 0, None)
+    assert q(nn.source.ravel()[nn.reached.ravel()]) <= q(clipped) + 1e-9
+
+
+def test_not_positive_definite_raises_clearly():
+    P = -sp.identity(20, format="csr")
+    H = sp.identity(20, format="csr")
+    for backend in ("dense", "splu") + (("cholmod",) if baselines.have_cholmod() else ()):
+        f = solvers.Factorization(P, H, backend=backend)
+        with pytest.raises(baselines.NotPositiveDefiniteError, match="not positive definite"):
+            f.factor(0.5)
+
+
+def test_invalid_input(rng):
+    op, _, d = _problem(rng)
+    bad = d.copy()
+    bad[3, 4] = np.nan
+    cases = [
+        (dict(image=bad, sigma=0.02), "NaN"),
+        (dict(image=d, sigma=np.inf), "sigma"),
+        (dict(image=d, sigma=0.0), "sigma"),
+        (dict(image=d, sigma=-1.0), "sigma"),
+        (dict(image=d, sigma=np.where(rng.uniform(size=IMG.shape) > 0.5, 0.02, 0.0)), "sigma"),
+        (dict(image=d, sigma=np.full((5, 5), 0.02)), "sigma map"),
+        (dict(image=d[:-1], sigma=0.02), "image must have shape"),
+        (dict(image=d, sigma=0.02, mask=np.zeros(IMG.shape, bool)), "no image pixels"),
+        (dict(image=d, sigma=0.02, mask=np.ones(IMG.shape)), "boolean"),
+        (dict(image=d, sigma=0.02, regularization="tv"), "regularization"),
+        (dict(image=d, sigma=0.02, lam=0.0), "lam"),
+        (dict(image=d, sigma=0.02, lam=np.nan), "lam"),
+        (dict(image=d, sigma=0.02, backend="magic"), "backend"),
+    ]
+    for kwargs, msg in cases:
+        with pytest.raises(ValueError, match=msg):
+            invert(op, **kwargs)
+    # a zero-noise pixel outside the mask is fine
+    sig = np.full(IMG.shape, 0.02)
+    sig[0, 0] = 0.0
+    mask = np.ones(IMG.shape, bool)
+    mask[0, 0] = False
+    assert np.isfinite(invert(op, d, sig, mask=mask, lam=1.0).log_evidence)
+    with pytest.raises(ValueError, match="LensOperator"):
+        invert(op.matrix, d, 0.02)
+
+
+def test_arc_mask(rng):
+    op, s, d = _problem(rng, sigma=0.01)
+    clean = op.apply(s)
+    m = baselines.arc_mask(d, 0.01, grow=0)
+    assert m.dtype == bool and m.shape == IMG.shape
+    assert m[clean > 0.2 * clean.max()].all()  # the arcs are kept
+    assert m[clean < 1e-3 * clean.max()].mean() < 0.05  # empty sky is not
+    grown = baselines.arc_mask(d, 0.01, grow=2)
+    assert grown[m].all() and grown.sum() > m.sum()
+    noise_only = rng.normal(0, 0.01, IMG.shape)
+    assert baselines.arc_mask(noise_only, 0.01).mean() < 0.05
+    with pytest.raises(ValueError, match="sigma"):
+        baselines.arc_mask(d, 0.0)
