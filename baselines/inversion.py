@@ -135,7 +135,7 @@ def _check_inputs(op: LensOperator, image, sigma, mask):
 
 def invert(op: LensOperator, image: np.ndarray, sigma: Union[float, np.ndarray], regularization: str = "gradient",
            lam: Optional[float] = None, mask: Optional[np.ndarray] = None, *, return_std: bool = False,
-           nonnegative: bool = False, backend: str = "auto", lam_tol: float = 0.03) -> InversionResult:
+           nonnegative: bool = False, backend: str = "auto", lam_tol: float = 0.04) -> InversionResult:
     """Reconstruct a source by regularized least squares with the Bayesian evidence.
 
     Parameters
@@ -268,9 +268,10 @@ def invert(op: LensOperator, image: np.ndarray, sigma: Union[float, np.ndarray],
 
 
 def _initial_lam(P, H: sp.spmatrix) -> float:
-    """A scale-aware first guess: the strength at which the prior's trace equals the data's."""
+    """A scale-aware first guess: three times the strength at which the prior's trace equals the
+    data's (on simulated lenses the evidence optimum lies 0-1.2 dex above that balance)."""
     trace_p = float(np.trace(P)) if isinstance(P, np.ndarray) else float(P.diagonal().sum())
-    return trace_p / float(H.diagonal().sum())
+    return 3.0 * trace_p / float(H.diagonal().sum())
 
 
 def _maximise_evidence(evaluate, lam0: float, tol: float, span: float = 12.0) -> float:
