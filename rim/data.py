@@ -1,0 +1,119 @@
+"""Training data for the RIM: simulated lenses from an HDF5 file or generated on the fly.
+
+Both are map-style datasets indexed by an integer, so a batch is a pure function
+of (step, rank): :class:`StepBatches` yields the indices of step ``k`` for rank
+``r`` of ``world``, which makes training resumable exactly and splits data
+across data-parallel ranks without overlap.
+
+- :class:`StreamDataset`: lens ``i`` is ``lensinv.simulate.simulate(i, seed, config)``;
+  the index grows without end (no epochs, no repeats).
+- :class:`FileDataset`: lenses of a :class:`lensinv.dataset.LensDataset`, in a
+  seeded random order that is redrawn every epoch.
+
+Operators are built (or read) in the DataLoader's worker processes; the
+collate function returns numpy arrays, and :func:`to_device` makes the
+block-diagonal torch operator in the training process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from lensinv.simulate import SimulationConfig, simulate
+
+from .physics import BatchedOperator
+
+
+@dataclass(frozen=True, eq=False)
+class Sample:
+    index: int
+    source: np.ndarray
+    image: np.ndarray
+    sigma: float
+    matrix: sp.csr_matrix
+
+
+class StreamDataset(torch.utils.data.Dataset):
+    """Endless simulated lenses: item ``i`` is lens ``offset + i`` of the data set ``(seed, config)``."""
+
+    def __init__(self, seed: int, config: SimulationConfig, offset: int = 0) -> None:
+        self.seed, self.config, self.offset = seed, config, offset
+
+    def __len__(self) -> int:  # effectively unbounded
+        return 2**62
+
+    def __getitem__(self, i: int) -> Sample:
+        sim = simulate(self.offset + int(i), self.seed, self.config)
+        return Sample(sim.index, sim.source, sim.image, sim.sigma, sim.op.matrix)
+
+
+class FileDataset(torch.utils.data.Dataset):
+    """Lenses from data-set files (``lensinv.dataset.LensDataset``); operators rebuilt or read."""
+
+    def __init__(self, paths: Any) -> None:
+        from lensinv.dataset import LensDataset
+
+        self.ds = LensDataset(paths)
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> Sample:
+        ex = self.ds[int(i)]
+        m = ex.stored_matrix if ex.stored_matrix is not None else ex.operator().matrix
+        return Sample(ex.index, ex.source, ex.image, ex.sigma, m)
+
+
+class StepBatches(torch.utils.data.Sampler):
+    """Batches of indices for steps ``start, start + 1, ...`` on rank ``rank`` of ``world``.
+
+    ``length=None``: a stream (step ``k`` takes indices ``(k * world + rank) * batch + j``).
+    Otherwise a finite data set visited in a seeded random order per epoch.
+    """
+
+    def __init__(self, batch: int, start: int = 0, rank: int = 0, world: int = 1, length: Optional[int] = None,
+                 seed: int = 0) -> None:
+        self.batch, self.start, self.rank, self.world, self.length, self.seed = batch, start, rank, world, length, seed
+
+    def indices(self, step: int) -> list[int]:
+        first = (step * self.world + self.rank) * self.batch
+        pos = range(first, first + self.batch)
+        if self.length is None:
+            return list(pos)
+        out = []
+        for p in pos:
+            epoch, k = divmod(p, self.length)
+            perm = np.random.default_rng([self.seed, epoch]).permutation(self.length)
+            out.append(int(perm[k]))
+        return out
+
+    def __iter__(self) -> Iterator[list[int]]:
+        step = self.start
+        while True:
+            yield self.indices(step)
+            step += 1
+
+    def __len__(self) -> int:  # pragma: no cover - infinite
+        return 2**62
+
+
+def collate(samples: list[Sample]) -> dict:
+    return {"index": np.array([s.index for s in samples]), "source": np.stack([s.source for s in samples]),
+            "image": np.stack([s.image for s in samples]), "sigma": np.array([s.sigma for s in samples]),
+            "matrices": [s.matrix for s in samples]}
+
+
+def to_device(batch: dict, image_n: int, source_n: int, device: Any) -> tuple:
+    """``(source, image, sigma, BatchedOperator)`` tensors on ``device``. Noise-free lenses (sigma 0)
+    get sigma 1: with the RIM's normalised gradient a uniform sigma's value does not matter."""
+    src = torch.as_tensor(batch["source"], dtype=torch.float32, device=device)
+    img = torch.as_tensor(batch["image"], dtype=torch.float32, device=device)
+    sig = torch.as_tensor(batch["sigma"], dtype=torch.float32, device=device)
+    sig = torch.where(sig > 0, sig, torch.ones_like(sig))
+    op = BatchedOperator.from_scipy(batch["matrices"], image_n, source_n, device=device)
+    return src, img, sig, op

@@ -1,0 +1,189 @@
+"""The RIM: torch physics, model, training, checkpoints (CPU)."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import lensinv
+from lensinv import SIE, ExternalShear, ImageGrid, Lens, SourceGrid
+from rim import RIM, BatchedOperator, RIMConfig, load_pretrained
+from rim.data import StepBatches
+from rim.train import TrainConfig, load_checkpoint, save_checkpoint, train
+
+ROOT = Path(__file__).resolve().parents[1]
+IMG, SRC = ImageGrid(24, 0.1), SourceGrid(8, 1.0)
+TINY = RIMConfig(steps=3, embed=4, hidden1=6, hidden2=4, kernel=3, source_n=8, image_n=24)
+
+
+def _ops(rng, b=3, psf=True):
+    ops = []
+    for _ in range(b):
+        lens = Lens(SIE(rng.uniform(0.5, 1.0), rng.uniform(0.5, 1.0), rng.uniform(0, 3)),
+                    ExternalShear(rng.uniform(0, 0.1), rng.uniform(0, 3)))
+        ops.append(lensinv.operator(lens, IMG, SRC, psf=lensinv.gaussian_psf(0.15, 0.1) if psf else None,
+                                    supersample=2))
+    return ops
+
+
+def test_batched_physics_matches_scipy_and_autograd(rng):
+    ops = _ops(rng)
+    bop = BatchedOperator.from_scipy([o.matrix for o in ops], IMG.n, SRC.n, dtype=torch.float64)
+    s = rng.uniform(size=(3, SRC.n, SRC.n))
+    d = rng.normal(size=(3, IMG.n, IMG.n))
+    got = bop.apply(torch.from_numpy(s)).numpy()
+    for b, o in enumerate(ops):
+        np.testing.assert_allclose(got[b], o.apply(s[b]), rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(bop.adjoint(torch.from_numpy(d))[b].numpy(), o.adjoint(d[b]), rtol=1e-12, atol=1e-14)
+    for sigma in (torch.tensor([0.1, 0.5, 2.0], dtype=torch.float64),
+                  torch.from_numpy(rng.uniform(0.1, 1.0, size=(3, IMG.n, IMG.n)))):
+        x = torch.from_numpy(s).requires_grad_(True)
+        sig = sigma if sigma.ndim == 3 else sigma[:, None, None]
+        chi2 = 0.5 * (((bop.apply(x) - torch.from_numpy(d)) / sig) ** 2).sum()
+        chi2.backward()
+        np.testing.assert_allclose(bop.chi2_gradient(torch.from_numpy(s), torch.from_numpy(d), sigma).numpy(),
+                                   x.grad.numpy(), rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="source"):
+        bop.apply(torch.zeros(2, SRC.n, SRC.n, dtype=torch.float64))
+    with pytest.raises(ValueError, match="sigma"):
+        bop.chi2_gradient(torch.from_numpy(s), torch.from_numpy(d), torch.ones(2, dtype=torch.float64))
+
+
+def test_model_shapes_and_default_architecture(rng):
+    ops = _ops(rng, 2)
+    bop = BatchedOperator.from_scipy([o.matrix for o in ops], IMG.n, SRC.n)
+    for cfg in (TINY, RIMConfig(**{**TINY.to_dict(), "downsample": False})):
+        model = RIM(cfg)
+        out = model(torch.zeros(2, IMG.n, IMG.n), bop, torch.ones(2))
+        assert len(out) == cfg.steps and all(o.shape == (2, SRC.n, SRC.n) for o in out)
+    seed = RIM(RIMConfig())
+    assert seed.gru1.hidden == 128 and seed.embed.out_channels == 32 and seed.config.steps == 10
+    assert seed.embed.kernel_size == (5, 5) and seed.out.out_channels == 1
+    with pytest.raises(ValueError, match="kernel"):
+        RIMConfig(kernel=4)
+
+
+def test_training_steps_reduce_the_loss_on_a_fixed_batch(rng):
+    torch.manual_seed(0)
+    ops = _ops(rng, 4)
+    bop = BatchedOperator.from_scipy([o.matrix for o in ops], IMG.n, SRC.n)
+    x, y = SRC.coordinates()
+    src = torch.tensor(np.stack([np.exp(-((x - rng.uniform(-0.2, 0.2)) ** 2 + y**2) / 0.05) for _ in ops]),
+                       dtype=torch.float32)
+    img = bop.apply(src).detach()
+    model = RIM(TINY)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(40):
+        loss = sum(((e - src) ** 2).sum(dim=(1, 2)).mean() for e in model(img, bop, torch.full((4,), 0.01)))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_step_batches_split_ranks_and_epochs():
+    a = StepBatches(3, start=0, rank=0, world=2)
+    b = StepBatches(3, start=0, rank=1, world=2)
+    assert a.indices(0) == [0, 1, 2] and b.indices(0) == [3, 4, 5] and a.indices(1) == [6, 7, 8]
+    f = StepBatches(4, length=10, seed=1)
+    seen = [i for k in range(5) for i in f.indices(k)]
+    assert sorted(seen[:10]) == list(range(10)) and sorted(seen[10:20]) == list(range(10))
+    assert StepBatches(4, start=2, length=10, seed=1).indices(2) == f.indices(2)
+
+
+def _tiny_args(out, steps, extra=()):
+    return [sys.executable, str(ROOT / "scripts" / "train_rim.py"), "--device", "cpu", "--out", str(out),
+            "--steps", str(steps), "--batch", "2", "--workers", "0", "--preset", "magnet", "--checkpoint-every", "2",
+            "--val-lenses", "2", "--val-every", "3", "--log-every", "1", "--rim-steps", "2", "--embed", "4",
+            "--hidden1", "4", "--hidden2", "4", "--lr", "1e-3", *extra]
+
+
+def _losses(out):
+    with open(Path(out) / "log.csv") as f:
+        rows = list(csv.DictReader(f))
+    last = {}
+    for r in rows:
+        last[int(r["step"])] = float(r["loss"])
+    return [last[k] for k in sorted(last)]
+
+
+def test_kill_and_resume_reproduce_the_loss_sequence(tmp_path):
+    ref = tmp_path / "ref"
+    assert subprocess.run(_tiny_args(ref, 6), capture_output=True).returncode == 0
+    run = tmp_path / "run"
+    proc = subprocess.Popen(_tiny_args(run, 6), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if (run / "checkpoint.pt").exists() and len(_losses(run)) >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (run / "checkpoint.pt").exists()
+    step_killed = load_checkpoint(run / "checkpoint.pt")["step"]
+    assert step_killed < 6, "the run finished before it could be killed"
+    r = subprocess.run(_tiny_args(run, 6, ["--resume"]), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_array_equal(_losses(run), _losses(ref))
+    assert load_checkpoint(run / "checkpoint.pt")["step"] == 6
+    # a run folder with a checkpoint is not overwritten without --resume
+    r = subprocess.run(_tiny_args(run, 6), capture_output=True, text=True)
+    assert r.returncode == 2 and "resume" in r.stderr
+    # nor resumed with another architecture
+    r = subprocess.run(_tiny_args(run, 8, ["--resume", "--hidden1", "8"]), capture_output=True, text=True)
+    assert r.returncode == 2 and "another configuration" in r.stderr
+
+
+def test_two_process_ddp_smoke(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           *_tiny_args(tmp_path / "ddp", 2)[1:]]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ck = load_checkpoint(tmp_path / "ddp" / "checkpoint.pt")
+    assert ck["step"] == 2 and len(_losses(tmp_path / "ddp")) == 2
+
+
+def test_checkpoints_and_load_pretrained(tmp_path, rng):
+    cfg = TrainConfig(model=TINY)
+    model = RIM(TINY)
+    opt = torch.optim.Adam(model.parameters())
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    save_checkpoint(tmp_path / "c.pt", model, opt, sched, 7, cfg)
+    loaded = load_pretrained(tmp_path / "c.pt")
+    for a, b in zip(model.parameters(), loaded.parameters()):
+        assert torch.equal(a, b)
+    op = _ops(rng, 1)[0]
+    est = loaded.reconstruct(op, np.zeros(IMG.shape), 0.1)
+    assert est.shape == SRC.shape and est.dtype == np.float64
+    bad = np.zeros(IMG.shape)
+    bad[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        loaded.reconstruct(op, bad, 0.1)
+    with pytest.raises(ValueError, match="shape"):
+        loaded.reconstruct(op, np.zeros((5, 5)), 0.1)
+    with pytest.raises(ValueError, match="sigma"):
+        loaded.reconstruct(op, np.zeros(IMG.shape), -1.0)
+    other = lensinv.operator(op.lens, ImageGrid(30, 0.1), SRC)
+    with pytest.raises(ValueError, match="grids"):
+        loaded.reconstruct(other, np.zeros((30, 30)), 0.1)
+    # a checkpoint whose weights do not fit its recorded architecture
+    ck = torch.load(tmp_path / "c.pt", weights_only=False)
+    ck["model_config"]["hidden1"] = 9
+    torch.save(ck, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="architecture"):
+        load_pretrained(tmp_path / "bad.pt")
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="checkpoint"):
+        load_pretrained(tmp_path / "junk.pt")
+    with pytest.raises(ValueError, match="does not exist"):
+        load_pretrained(tmp_path / "missing.pt")
