@@ -10,7 +10,8 @@ across data-parallel ranks without overlap.
 - :class:`FileDataset`: lenses of a :class:`lensinv.dataset.LensDataset`, in a
   seeded random order that is redrawn every epoch.
 
-Operators are built (or read) in the DataLoader's worker processes; the
+Lensing matrices L are built (or read) in the DataLoader's worker processes
+(F L is never formed: the blur runs as a convolution on the device); the
 collate function returns numpy arrays, and :func:`to_device` makes the
 block-diagonal torch operator in the training process.
 """
@@ -35,7 +36,8 @@ class Sample:
     source: np.ndarray
     image: np.ndarray
     sigma: float
-    matrix: sp.csr_matrix
+    matrix: sp.csr_matrix  # L (blurred by psf) or an already formed F L (psf None)
+    psf: Optional[np.ndarray]
 
 
 class StreamDataset(torch.utils.data.Dataset):
@@ -49,7 +51,7 @@ class StreamDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> Sample:
         sim = simulate(self.offset + int(i), self.seed, self.config)
-        return Sample(sim.index, sim.source, sim.image, sim.sigma, sim.op.matrix)
+        return Sample(sim.index, sim.source, sim.image, sim.sigma, sim.op.L, sim.op.psf)
 
 
 class FileDataset(torch.utils.data.Dataset):
@@ -65,8 +67,10 @@ class FileDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> Sample:
         ex = self.ds[int(i)]
-        m = ex.stored_matrix if ex.stored_matrix is not None else ex.operator().matrix
-        return Sample(ex.index, ex.source, ex.image, ex.sigma, m)
+        if ex.stored_matrix is not None:
+            return Sample(ex.index, ex.source, ex.image, ex.sigma, ex.stored_matrix, None)
+        op = ex.operator()
+        return Sample(ex.index, ex.source, ex.image, ex.sigma, op.L, op.psf)
 
 
 class StepBatches(torch.utils.data.Sampler):
@@ -105,7 +109,7 @@ class StepBatches(torch.utils.data.Sampler):
 def collate(samples: list[Sample]) -> dict:
     return {"index": np.array([s.index for s in samples]), "source": np.stack([s.source for s in samples]),
             "image": np.stack([s.image for s in samples]), "sigma": np.array([s.sigma for s in samples]),
-            "matrices": [s.matrix for s in samples]}
+            "matrices": [s.matrix for s in samples], "psfs": [s.psf for s in samples]}
 
 
 def to_device(batch: dict, image_n: int, source_n: int, device: Any) -> tuple:
@@ -115,5 +119,5 @@ def to_device(batch: dict, image_n: int, source_n: int, device: Any) -> tuple:
     img = torch.as_tensor(batch["image"], dtype=torch.float32, device=device)
     sig = torch.as_tensor(batch["sigma"], dtype=torch.float32, device=device)
     sig = torch.where(sig > 0, sig, torch.ones_like(sig))
-    op = BatchedOperator.from_scipy(batch["matrices"], image_n, source_n, device=device)
+    op = BatchedOperator.from_scipy(batch["matrices"], image_n, source_n, device=device, psfs=batch["psfs"])
     return src, img, sig, op

@@ -171,7 +171,7 @@ class RIM(nn.Module):
         dev = next(self.parameters()).device
         was_training = self.training
         self.eval()
-        bop = BatchedOperator.from_scipy([op.matrix], c.image_n, c.source_n, device=dev)
+        bop = BatchedOperator.from_scipy([op.L], c.image_n, c.source_n, device=dev, psfs=[op.psf])
         sig_t = torch.as_tensor(sig, dtype=torch.float32, device=dev).reshape((1,) + sig.shape)
         est = self(torch.as_tensor(img, dtype=torch.float32, device=dev)[None], bop, sig_t)[-1]
         self.train(was_training)

@@ -33,9 +33,16 @@ def _ops(rng, b=3, psf=True):
     return ops
 
 
-def test_batched_physics_matches_scipy_and_autograd(rng):
+@pytest.mark.parametrize("factored", [True, False])
+def test_batched_physics_matches_scipy_and_autograd(rng, factored):
     ops = _ops(rng)
-    bop = BatchedOperator.from_scipy([o.matrix for o in ops], IMG.n, SRC.n, dtype=torch.float64)
+    ops[1] = lensinv.operator(ops[1].lens, IMG, SRC, psf=None, supersample=2)  # a lens without PSF in the batch
+    if factored:  # L and a per-lens convolution
+        bop = BatchedOperator.from_scipy([o.L for o in ops], IMG.n, SRC.n, dtype=torch.float64,
+                                         psfs=[o.psf for o in ops])
+        assert bop.psf is not None
+    else:  # formed F L
+        bop = BatchedOperator.from_scipy([o.matrix for o in ops], IMG.n, SRC.n, dtype=torch.float64)
     s = rng.uniform(size=(3, SRC.n, SRC.n))
     d = rng.normal(size=(3, IMG.n, IMG.n))
     got = bop.apply(torch.from_numpy(s)).numpy()
