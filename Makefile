@@ -11,8 +11,12 @@ $(STAMP): pyproject.toml tools/bootstrap.sh
 
 setup: $(STAMP)
 
+DEMO_DATA := data/demo/test.h5
+
 demo: $(STAMP)
 	$(PY) scripts/demo.py --out results/demo
+	$(PY) scripts/build_operators.py --n 32 --seed 20261126 --out $(DEMO_DATA)
+	$(PY) scripts/compare_baselines.py --data $(DEMO_DATA) --out results/demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q

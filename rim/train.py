@@ -294,13 +294,27 @@ def train(config: TrainConfig, out: Path, device: str = "cpu", resume: bool = Fa
     return losses
 
 
-def model_card(config: TrainConfig, step: int, metrics: dict) -> str:
-    """A short Markdown model card for shipped weights."""
-    return "\n".join([
-        "# RIM weights (lensinv)", "",
-        f"- steps: {step}, batch {config.batch}, lr {config.lr} decaying x{config.decay_rate} per "
-        f"{config.decay_steps:g} steps, clip {config.clip}",
-        f"- data: {'files ' + config.data if config.data else 'simulated stream'} (preset {config.preset}, "
-        f"seed {config.seed}; procedural sources)",
-        f"- architecture: {json.dumps(config.model.to_dict())}",
-        f"- metrics: {json.dumps(metrics)}", ""])
+def export_weights(checkpoint: Path, dest: Path, notes: str = "", metrics: Optional[dict] = None) -> Path:
+    """Write the model part of a training checkpoint (no optimiser state) to ``dest``, atomically,
+    with a Markdown model card ``dest`` + ``.md`` next to it. ``load_pretrained(dest)`` reads it."""
+    ck = load_checkpoint(checkpoint)
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    slim = {k: ck[k] for k in ("format", "step", "model", "model_config", "train_config")}
+    tmp = dest.with_name(dest.name + ".tmp")
+    torch.save(slim, tmp)
+    os.replace(tmp, dest)
+    tc = ck["train_config"]
+    lines = ["# RIM weights (lensinv)", "",
+             f"- file: `{dest.name}` ({dest.stat().st_size / 1e6:.1f} MB); load with `rim.load_pretrained()`",
+             f"- training steps: {ck['step']} x batch {tc['batch']} lenses; Adam lr {tc['lr']} decaying "
+             f"x{tc['decay_rate']} per {tc['decay_steps']:g} steps; gradient clipping {tc['clip']}",
+             f"- data: {'files ' + tc['data'] if tc['data'] else 'a stream of freshly simulated lenses'} "
+             f"(preset `{tc['preset']}`, procedural sources, seed {tc['seed']})",
+             f"- architecture: `{json.dumps(ck['model_config'])}`"]
+    if metrics:
+        lines.append(f"- metrics: `{json.dumps(metrics)}`")
+    if notes:
+        lines += ["", notes]
+    dest.with_suffix(dest.suffix + ".md").write_text("\n".join(lines) + "\n")
+    return dest

@@ -194,3 +194,17 @@ def test_checkpoints_and_load_pretrained(tmp_path, rng):
         load_pretrained(tmp_path / "junk.pt")
     with pytest.raises(ValueError, match="does not exist"):
         load_pretrained(tmp_path / "missing.pt")
+
+
+def test_shipped_weights_beat_the_zero_image():
+    from lensinv.simulate import PRESETS, SimulationConfig, simulate
+
+    model = load_pretrained()
+    assert model.config.source_n == 64 and model.config.image_n == 192
+    errs = []
+    for i in range(3):
+        sim = simulate(i, 424242, SimulationConfig(preset=PRESETS["realistic"]))
+        est = model.reconstruct(sim.op, sim.image, sim.sigma)
+        errs.append((np.sqrt(np.mean((est - sim.source) ** 2)), np.sqrt(np.mean(sim.source**2))))
+    for rec, zero in errs:
+        assert rec < 0.8 * zero
