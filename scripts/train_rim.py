@@ -18,8 +18,6 @@ import os
 import sys
 from pathlib import Path
 
-from tqdm import tqdm
-
 from rim.model import RIMConfig
 from rim.train import TrainConfig, train
 
@@ -67,15 +65,24 @@ def main(argv: list[str] | None = None) -> int:
                              val_lenses=args.val_lenses, log_every=args.log_every, workers=args.workers,
                              amp=not args.no_amp, model=model)
         rank = int(os.environ.get("RANK", "0"))
-        bar = tqdm(total=config.steps, unit="step", disable=rank != 0)
+        try:  # tqdm is optional here: GPU machines may lack it
+            from tqdm import tqdm
+
+            bar = tqdm(total=config.steps, unit="step", disable=rank != 0)
+        except ImportError:
+            bar = None
 
         def progress(step: int, loss: float) -> None:
-            bar.n = step
-            bar.set_postfix(loss=f"{loss:.4g}")
-            bar.refresh()
+            if bar is not None:
+                bar.n = step
+                bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
+                bar.refresh()
+            elif step % config.log_every == 0:
+                print(f"step {step}/{config.steps} loss {loss:.4g}", flush=True)
 
         train(config, args.out, device=args.device, resume=args.resume, progress=progress)
-        bar.close()
+        if bar is not None:
+            bar.close()
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
