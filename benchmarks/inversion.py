@@ -54,13 +54,13 @@ def main() -> None:
     target = ObservationPreset(name="psf0.08", psf_fwhm=(0.08, 0.08), psf_size=9, snr=(10.0, 200.0))
     sims = [simulate(i, args.seed, SimulationConfig(preset=target)) for i in range(args.lenses)]
     for s in sims:
-        s.op.matrix  # the operator is an input: form F L before timing
+        _ = s.op.matrix  # the operator is an input: form F L before timing
     baselines.invert(sims[0].op, sims[0].image, sims[0].sigma, lam=1.0)  # compile kernels
     run(sims, mask=False, label="192^2 image, 64^2 source, PSF 0.08")
     run(sims, mask=True, label="192^2 image, 64^2 source, PSF 0.08")
     sims = [simulate(i, args.seed + 1, SimulationConfig(preset=PRESETS["realistic"])) for i in range(args.lenses)]
     for s in sims:
-        s.op.matrix
+        _ = s.op.matrix
     for form in ("zeroth", "gradient", "curvature"):
         run(sims, mask=True, form=form, label="preset realistic")
 

@@ -16,7 +16,7 @@ import lensinv
 from lensinv import SIE, ExternalShear, ImageGrid, Lens, SourceGrid
 from rim import RIM, BatchedOperator, RIMConfig, load_pretrained
 from rim.data import StepBatches
-from rim.train import TrainConfig, load_checkpoint, save_checkpoint, train
+from rim.train import TrainConfig, load_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 IMG, SRC = ImageGrid(24, 0.1), SourceGrid(8, 1.0)

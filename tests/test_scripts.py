@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-import lensinv
 from lensinv.dataset import build_dataset
 from lensinv.simulate import PRESETS, SimulationConfig, simulate
 from rim import RIM, RIMConfig
