@@ -425,6 +425,11 @@ class LensDataset:
     def __len__(self) -> int:
         return int(self._starts[-1])
 
+    def __getstate__(self) -> dict:  # picklable (e.g. to DataLoader workers): open files are not carried
+        state = dict(self.__dict__)
+        state["_files"] = {}
+        return state
+
     def _file(self, k: int):
         import h5py
 

@@ -212,6 +212,13 @@ def train(config: TrainConfig, out: Path, device: str = "cpu", resume: bool = Fa
     sim_config = _simulation_config(config.preset)
     if config.data:
         dataset = FileDataset(config.data.split(","))
+        grids = (dataset.ds.image_grid.n, dataset.ds.source_grid.n)
+        if grids != (config.model.image_n, config.model.source_n):
+            raise ValueError(f"the data's grids (image {grids[0]}, source {grids[1]}) do not match the model's "
+                             f"(image {config.model.image_n}, source {config.model.source_n})")
+        if dataset.ds.config["preset"]["name"] != config.preset:
+            raise ValueError(f"the data were made with preset {dataset.ds.config['preset']['name']!r} but --preset is "
+                             f"{config.preset!r} (validation lenses are simulated with --preset)")
         sampler = StepBatches(config.batch, start, rank, world, length=len(dataset), seed=config.seed)
     else:
         dataset = StreamDataset(config.seed, sim_config)

@@ -16,7 +16,7 @@ import lensinv
 from lensinv import SIE, ExternalShear, ImageGrid, Lens, SourceGrid
 from rim import RIM, BatchedOperator, RIMConfig, load_pretrained
 from rim.data import StepBatches
-from rim.train import TrainConfig, load_checkpoint, save_checkpoint
+from rim.train import TrainConfig, load_checkpoint, save_checkpoint, train
 
 ROOT = Path(__file__).resolve().parents[1]
 IMG, SRC = ImageGrid(24, 0.1), SourceGrid(8, 1.0)
@@ -208,3 +208,23 @@ def test_shipped_weights_beat_the_zero_image():
         errs.append((np.sqrt(np.mean((est - sim.source) ** 2)), np.sqrt(np.mean(sim.source**2))))
     for rec, zero in errs:
         assert rec < 0.8 * zero
+
+
+def test_training_from_a_data_file(tmp_path):
+    import pickle
+
+    from lensinv.dataset import LensDataset, build_dataset
+    from lensinv.simulate import PRESETS, SimulationConfig
+
+    data = build_dataset(tmp_path / "m.h5", 4, 3, SimulationConfig(preset=PRESETS["magnet"]))
+    ds = LensDataset(data)
+    ds[0]  # opens the file
+    assert pickle.loads(pickle.dumps(ds))[1].index == 1  # picklable for DataLoader workers
+    cfg = TrainConfig(preset="magnet", data=str(data), batch=2, steps=2, workers=0, val_lenses=0,
+                      model=RIMConfig(steps=2, embed=4, hidden1=4, hidden2=4, kernel=3))
+    losses = train(cfg, tmp_path / "run")
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    with pytest.raises(ValueError, match="preset"):
+        train(TrainConfig(**{**cfg.to_dict(), "preset": "realistic", "model": cfg.model}), tmp_path / "run2")
+    with pytest.raises(ValueError, match="grids"):
+        train(TrainConfig(**{**cfg.to_dict(), "model": RIMConfig(source_n=32, steps=1)}), tmp_path / "run3")
