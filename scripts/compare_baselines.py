@@ -107,6 +107,8 @@ def figures(out: Path, examples: list, rows: list[dict], methods: list[str], ext
     ncol = 2 + 2 * len(methods)
     fig, axes = plt.subplots(k, ncol, figsize=(2.1 * ncol, 2.2 * k), squeeze=False)
     for r, (ex, recs) in enumerate(examples):
+        # one colour scale per row: the truth's for sources, the largest residual's for residuals
+        lim = max(max(float(np.abs(rec.source - ex.source).max()) for rec in recs), 1e-6)
         panels = [(ex.image, extent_img, "observed", "magma"), (ex.source, extent_src, "truth", "magma")]
         for rec in recs:
             panels.append((rec.source, extent_src, rec.method, "magma"))
@@ -114,10 +116,11 @@ def figures(out: Path, examples: list, rows: list[dict], methods: list[str], ext
         for c, (img, ext, title, cmap) in enumerate(panels):
             ax = axes[r, c]
             if cmap == "RdBu_r":
-                lim = max(float(np.abs(img).max()), 1e-6)
                 ax.imshow(img, origin="lower", extent=ext, cmap=cmap, vmin=-lim, vmax=lim)
-            else:
+            elif c == 0:
                 ax.imshow(img, origin="lower", extent=ext, cmap=cmap)
+            else:
+                ax.imshow(img, origin="lower", extent=ext, cmap=cmap, vmin=0, vmax=float(ex.source.max()))
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
@@ -155,14 +158,18 @@ def figures(out: Path, examples: list, rows: list[dict], methods: list[str], ext
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for m in methods:
-        sel = [r for r in rows if r["method"] == m]
-        ax.scatter([r["snr"] for r in sel], [r["rmse"] for r in sel], s=10, label=m)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+    finite = [r for r in rows if np.isfinite(r["snr"])]
+    if finite:
+        for m in methods:
+            sel = [r for r in finite if r["method"] == m]
+            ax.scatter([r["snr"] for r in sel], [r["rmse"] for r in sel], s=10, label=m)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "noise-free data: no S/N", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("peak S/N of the lensed image")
     ax.set_ylabel("source RMSE")
-    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "rmse_vs_snr.png", dpi=90)
     plt.close(fig)
