@@ -77,8 +77,12 @@ class Factorization:
         self.Q = Q.tocsc()
         self._symbolic = None
         if backend == "dense":
-            self.P = P if isinstance(P, np.ndarray) else P.toarray()
-            self._qd = self.Q.toarray()
+            # Fortran order, so LAPACK factorises a copy in place; Q is added on its sparse pattern only
+            pd = P if isinstance(P, np.ndarray) else P.toarray()
+            # P is symmetric: the transpose of a C-ordered array is the same matrix in Fortran order, no copy
+            self.P = pd.T if pd.flags.c_contiguous else np.asfortranarray(pd)
+            q = self.Q.tocoo()
+            self._q = (q.row, q.col, q.data)
         else:
             self.P = (sp.csc_matrix(P) if isinstance(P, np.ndarray) else P).tocsc()
             if backend == "cholmod":
@@ -93,7 +97,9 @@ class Factorization:
             if self.backend == "cholmod":
                 self._f = self._symbolic.cholesky(self.P + lam * self.Q)
             elif self.backend == "dense":
-                a = self.P + lam * self._qd
+                a = np.array(self.P, order="F")
+                rows, cols, vals = self._q
+                np.add.at(a, (rows, cols), lam * vals)
                 self._f = scipy.linalg.cho_factor(a, lower=True, overwrite_a=True, check_finite=False)
             else:
                 self._f = scipy.sparse.linalg.splu((self.P + lam * self.Q).tocsc(), permc_spec="MMD_AT_PLUS_A",
