@@ -139,8 +139,3 @@ class BatchedOperator:
                              f"{self.image_n}), got {tuple(sig.shape)}")
         return self.adjoint((self.apply(source) - image) / sig**2)
 
-
-def as_tensor_sigma(sigma: Optional[np.ndarray], batch: int, floor: float = 0.0) -> torch.Tensor:
-    """Noise levels as a float tensor (B,), replacing non-positive values (noise-free data) by ``floor``."""
-    s = torch.as_tensor(np.asarray(sigma, dtype=np.float64)).reshape(batch)
-    return torch.where(s > 0, s, torch.full_like(s, floor))
