@@ -188,13 +188,17 @@ def invert(op: LensOperator, image: np.ndarray, sigma: Union[float, np.ndarray],
 
     t = time.perf_counter()
     Mu = M[use] if not use.all() else M
-    col_nnz = np.diff(Mu.tocsc().indptr)
-    reached = col_nnz > 0
+    Mc = Mu.tocsc()
+    reached = np.diff(Mc.indptr) > 0
     if not reached.any():
         raise ValueError("no source pixel is reached by a ray from the used image pixels")
     idx = np.flatnonzero(reached)
-    Mr = Mu[:, idx].tocsr() if idx.size < M.shape[1] else Mu.tocsr()
-    Mc = Mr.tocsc()
+    if idx.size < M.shape[1]:
+        Mc = Mc[:, idx]
+        Mr = Mc.tocsr()
+    else:
+        Mr = Mu.tocsr()
+    Mc.sort_indices()
     w = 1.0 / sig[use] ** 2
     du = d[use]
     n_s, n_d = idx.size, int(use.sum())
