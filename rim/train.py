@@ -106,11 +106,16 @@ def _set_rng_state(state: dict) -> None:
 
 def save_checkpoint(path: Path, model: RIM, optimizer, scheduler, step: int, config: TrainConfig) -> None:
     """Write a checkpoint atomically (temporary file, fsync, rename)."""
-    path = Path(path)
+    _atomic_torch_save({"format": CHECKPOINT_FORMAT, "step": step, "model": model.state_dict(),
+                        "model_config": config.model.to_dict(), "train_config": config.to_dict(),
+                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                        "rng": _rng_state()}, Path(path))
+
+
+def _atomic_torch_save(obj: dict, path: Path) -> None:
+    """torch.save to a temporary file, fsync, then rename: a reader never sees a partial file."""
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": CHECKPOINT_FORMAT, "step": step, "model": model.state_dict(),
-                "model_config": config.model.to_dict(), "train_config": config.to_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state()}, tmp)
+    torch.save(obj, tmp)
     with open(tmp, "rb+") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -307,10 +312,7 @@ def export_weights(checkpoint: Path, dest: Path, notes: str = "", metrics: Optio
     ck = load_checkpoint(checkpoint)
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    slim = {k: ck[k] for k in ("format", "step", "model", "model_config", "train_config")}
-    tmp = dest.with_name(dest.name + ".tmp")
-    torch.save(slim, tmp)
-    os.replace(tmp, dest)
+    _atomic_torch_save({k: ck[k] for k in ("format", "step", "model", "model_config", "train_config")}, dest)
     tc = ck["train_config"]
     lines = ["# RIM weights (lensinv)", "",
              f"- file: `{dest.name}` ({dest.stat().st_size / 1e6:.1f} MB); load with `rim.load_pretrained()`",
