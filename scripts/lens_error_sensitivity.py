@@ -26,6 +26,7 @@ from tqdm import tqdm  # noqa: E402
 import baselines  # noqa: E402
 import lensinv  # noqa: E402
 import rim  # noqa: E402
+from compare_baselines import arc_mask_or_none, warren_dye_sigma  # noqa: E402  (this folder, on sys.path)
 from lensinv.metrics import rmse  # noqa: E402
 
 PARAMS = ("theta_E", "q", "phi", "gamma")
@@ -81,9 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for k, (lens, source, image, sigma, psf, ig, sg, ss) in enumerate(tqdm(list(examples(args)), unit="lens")):
-        wd_sigma = sigma if sigma > 0 else 1e-3 * float(image.max())
-        mask = baselines.arc_mask(image, wd_sigma)
-        mask = mask if mask.any() else None
+        wd_sigma = warren_dye_sigma(image, sigma)
+        mask = arc_mask_or_none(image, wd_sigma)
         cases = [("exact", 0.0, lens)] + [(p, d, perturb(lens, p, d)) for p in PARAMS for d in levels]
         for param, delta, lens_used in cases:
             op = lensinv.operator(lens_used, ig, sg, psf=psf, supersample=ss)
