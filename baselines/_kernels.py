@@ -57,7 +57,8 @@ def normal_matrix_csr(r_ptr, r_idx, r_val, c_ptr, c_idx, c_val, w, n):
 
 @nb.njit(parallel=True, cache=True)
 def normal_matrix_dense(r_ptr, r_idx, r_val, c_ptr, c_idx, c_val, w, n):
-    """``M^T diag(w) M`` as a dense symmetric ``n x n`` array (upper triangle accumulated, then mirrored).
+    """``M^T diag(w) M`` as a dense ``n x n`` array holding the upper triangle (``j >= i``; the strict
+    lower triangle is zero).
 
     M is given in CSR (``r_*``, sorted columns) and CSC (``c_*``) form. Rows are
     dealt to threads round-robin, since rows near the top hold more of the upper triangle.
@@ -74,8 +75,233 @@ def normal_matrix_dense(r_ptr, r_idx, r_val, c_ptr, c_idx, c_val, w, n):
                 q0 = lo + np.searchsorted(r_idx[lo:hi], a)
                 for q in range(q0, hi):
                     out[a, r_idx[q]] += wa * r_val[q]
-    for c in nb.prange(n_chunks):
-        for a in range(c, n, n_chunks):
-            for b in range(a):
-                out[a, b] = out[b, a]
     return out
+
+
+@nb.njit(cache=True)
+def _autocorrelation(kernel):
+    """``acorr[o] = sum_t kernel[t] kernel[t - o]`` over offsets ``o`` in ``[-2c, 2c]^2``."""
+    K = kernel.shape[0]
+    c = (K - 1) // 2
+    out = np.zeros((4 * c + 1, 4 * c + 1))
+    for m in range(K):
+        for l in range(K):
+            for m2 in range(K):
+                for l2 in range(K):
+                    out[m - m2 + 2 * c, l - l2 + 2 * c] += kernel[m, l] * kernel[m2, l2]
+    return out
+
+
+@nb.njit(cache=True)
+def _gram_row(a, b, n, kernel, w, acorr, out):
+    """``out[o] = (F^T diag(w) F)[(a, b), (a, b) + o]`` for offsets ``o`` in ``[-2c, 2c]^2``.
+
+    ``F[(i, j), (a, b)] = kernel[i - a + c, j - b + c]``. Where the weights are equal over the PSF
+    window of ``(a, b)`` and the window lies inside the image, this is ``w * acorr``.
+    """
+    K = kernel.shape[0]
+    c = (K - 1) // 2
+    w0 = w[a * n + b]
+    uniform = a - c >= 0 and a + c < n and b - c >= 0 and b + c < n
+    if uniform:
+        for i in range(a - c, a + c + 1):
+            for j in range(b - c, b + c + 1):
+                if w[i * n + j] != w0:
+                    uniform = False
+    if uniform:
+        for u in range(out.shape[0]):
+            for v in range(out.shape[1]):
+                out[u, v] = w0 * acorr[u, v]
+        return
+    out[:, :] = 0.0
+    for i in range(max(a - c, 0), min(a + c, n - 1) + 1):
+        for j in range(max(b - c, 0), min(b + c, n - 1) + 1):
+            wk = w[i * n + j] * kernel[i - a + c, j - b + c]
+            if wk == 0.0:
+                continue
+            # (i, j) is also in the window of (a, b) + o for o = (i - a, j - b) - (m - c, l - c)
+            for m in range(K):
+                for l in range(K):
+                    out[i - a - m + 3 * c, j - b - l + 3 * c] += wk * kernel[m, l]
+
+
+@nb.njit(parallel=True, cache=True)
+def _window_bounds(lo_r, hi_r, lo_c, hi_c, n, h):
+    """Bounding box over a ``(2h+1)^2`` window of per-pixel boxes (-1: empty), separably."""
+    maps = (lo_r, hi_r, lo_c, hi_c)
+    out = []
+    for q in range(4):
+        v = maps[q]
+        take_max = q % 2 == 1
+        tmp = np.full(n * n, -1, dtype=np.int64)
+        res = np.full(n * n, -1, dtype=np.int64)
+        for i in nb.prange(n):
+            for j in range(n):
+                best = -1
+                for jj in range(max(j - h, 0), min(j + h, n - 1) + 1):
+                    x = v[i * n + jj]
+                    if x >= 0 and (best < 0 or (x > best if take_max else x < best)):
+                        best = x
+                tmp[i * n + j] = best
+        for i in nb.prange(n):
+            for j in range(n):
+                best = -1
+                for ii in range(max(i - h, 0), min(i + h, n - 1) + 1):
+                    x = tmp[ii * n + j]
+                    if x >= 0 and (best < 0 or (x > best if take_max else x < best)):
+                        best = x
+                res[i * n + j] = best
+        out.append(res)
+    return out[0], out[1], out[2], out[3]
+
+
+def psf_normal_matrix(n, kernel, w, l_ptr, l_idx, l_val, lc_ptr, lc_row, lc_val, ns, unknown, n_unknown):
+    """``M^T diag(w) M`` for ``M = F L`` as ``L^T Q`` with ``Q = (F^T diag(w) F) L``, dense, upper triangle.
+
+    ``n`` image pixels per side, ``kernel`` the (odd, square) PSF of F, ``w`` per-pixel weights
+    (zero for pixels not used), L in CSR (``l_*``) and CSC (``lc_*``: column pointers, row indices,
+    values) on an ``ns x ns`` source grid, ``unknown`` mapping each source pixel to its row in the
+    output (-1: not solved for).
+
+    ``F^T diag(w) F`` couples image pixels up to ``2c`` apart; where the weights are uniform over a
+    PSF window its row is ``w`` times the PSF's autocorrelation, else it is summed exactly. Each
+    row of Q that L needs is accumulated on a dense box of source pixels, so the work is about
+    ``nnz(L) * (4c + 1)^2`` for Q plus ``nnz(L) * box`` for P, several times less than summing
+    ``w_k m_k m_k^T`` over the PSF-wide rows ``m_k`` of M.
+    Returns a C-ordered ``(n_unknown, n_unknown)`` array whose upper triangle (``j >= i``) holds
+    the matrix; the strict lower triangle is zero.
+    """
+    q = _gram_lens_rows(n, kernel, w, l_ptr, l_idx, l_val, ns)
+    return _lt_times_boxes(lc_ptr, lc_row, lc_val, ns, unknown, n_unknown, *q)
+
+
+@nb.njit(parallel=True, cache=True)
+def _gram_lens_rows(n, kernel, w, l_ptr, l_idx, l_val, ns):
+    """The rows of ``Q = (F^T diag(w) F) L`` that L uses, each on a dense box of source pixels.
+
+    Returns ``row_of`` (image pixel -> Q row, -1 if none), the boxes (first row, first column,
+    width per image pixel) and the rows' offsets and values in one flat array.
+    """
+    npix = n * n
+    c = (kernel.shape[0] - 1) // 2
+    h = 2 * c
+    acorr = _autocorrelation(kernel)
+    # source-plane box of each row of L ...
+    lo_r = np.full(npix, -1, dtype=np.int64)
+    hi_r = np.full(npix, -1, dtype=np.int64)
+    lo_c = np.full(npix, -1, dtype=np.int64)
+    hi_c = np.full(npix, -1, dtype=np.int64)
+    l_r = np.empty(l_idx.shape[0], dtype=np.int64)
+    l_c = np.empty(l_idx.shape[0], dtype=np.int64)
+    for k in nb.prange(npix):
+        for p in range(l_ptr[k], l_ptr[k + 1]):
+            r = l_idx[p] // ns
+            cc = l_idx[p] % ns
+            l_r[p] = r
+            l_c[p] = cc
+            lo_r[k] = r if lo_r[k] < 0 else min(lo_r[k], r)
+            hi_r[k] = max(hi_r[k], r)
+            lo_c[k] = cc if lo_c[k] < 0 else min(lo_c[k], cc)
+            hi_c[k] = max(hi_c[k], cc)
+    # ... and over the Gram window of each image pixel that L uses: the box of its Q row
+    wr0, wr1, wc0, wc1 = _window_bounds(lo_r, hi_r, lo_c, hi_c, n, h)
+    rows = np.flatnonzero(np.diff(l_ptr) > 0)
+    nr = rows.shape[0]
+    sizes = np.zeros(nr + 1, dtype=np.int64)
+    row_of = np.full(npix, -1, dtype=np.int64)
+    for r in range(nr):
+        k = rows[r]
+        row_of[k] = r
+        sizes[r + 1] = (wr1[k] - wr0[k] + 1) * (wc1[k] - wc0[k] + 1)
+    q_off = np.cumsum(sizes)
+    q_val = np.zeros(q_off[nr])
+    n_chunks = min(max(nr, 1), 256)
+    for ch in nb.prange(n_chunks):
+        gram = np.empty((2 * h + 1, 2 * h + 1))
+        for r in range(ch, nr, n_chunks):
+            k = rows[r]
+            a, b = k // n, k % n
+            _gram_row(a, b, n, kernel, w, acorr, gram)
+            r0, c0 = wr0[k], wc0[k]
+            bw = wc1[k] - c0 + 1
+            base = q_off[r] - r0 * bw - c0
+            for i in range(max(a - h, 0), min(a + h, n - 1) + 1):
+                for j in range(max(b - h, 0), min(b + h, n - 1) + 1):
+                    g = gram[i - a + h, j - b + h]
+                    if g == 0.0:
+                        continue
+                    kk = i * n + j
+                    for p in range(l_ptr[kk], l_ptr[kk + 1]):
+                        q_val[base + l_r[p] * bw + l_c[p]] += g * l_val[p]
+    return row_of, wr0, wr1, wc0, wc1, q_off, q_val
+
+
+@nb.njit(parallel=True, cache=True)
+def _lt_times_boxes(lc_ptr, lc_row, lc_val, ns, unknown, n_unknown, row_of, wr0, wr1, wc0, wc1, q_off, q_val):
+    """Upper triangle of ``L^T Q`` (Q's rows on boxes, from :func:`_gram_lens_rows`), rows dealt
+    round-robin to threads (upper rows hold more of the triangle). ``unknown`` must be increasing
+    over the solved-for pixels, so the upper triangle is the part of each box at or after ``a``."""
+    out = np.zeros((n_unknown, n_unknown))
+    ns2 = unknown.shape[0]
+    n_chunks = min(max(ns2, 1), 256)
+    for ch in nb.prange(n_chunks):
+        for a in range(ch, ns2, n_chunks):
+            ua = unknown[a]
+            if ua < 0:
+                continue
+            ra, ca = a // ns, a % ns
+            row = out[ua]
+            for p in range(lc_ptr[a], lc_ptr[a + 1]):
+                k = lc_row[p]
+                v = lc_val[p]
+                r0, r1, c0, c1 = wr0[k], wr1[k], wc0[k], wc1[k]
+                bw = c1 - c0 + 1
+                base = q_off[row_of[k]]
+                for sr in range(max(r0, ra), r1 + 1):
+                    first = max(c0, ca) if sr == ra else c0
+                    off = base + (sr - r0) * bw - c0
+                    src = sr * ns
+                    for sc in range(first, c1 + 1):
+                        q = q_val[off + sc]
+                        if q != 0.0:
+                            ub = unknown[src + sc]
+                            if ub >= 0:
+                                row[ub] += v * q
+    return out
+
+
+@nb.njit(parallel=True, cache=True)
+def scale_lower_f32(p, diag, scale, out):
+    """``out[i, j] = float32(scale[i] p[i, j] scale[j])`` on the lower triangle (``i > j``) of the
+    Fortran-ordered ``p``, zero where that is below 1e-8 in magnitude, and ``scale[i]^2 diag[i]`` on
+    the diagonal; ``out``'s strict upper triangle is left as it is."""
+    n = p.shape[0]
+    pt = p.T  # C-ordered views: pt[j, i] = p[i, j], column j of p is row j of pt
+    ot = out.T
+    for j in nb.prange(n):
+        sj = scale[j]
+        ot[j, j] = scale[j] * diag[j] * sj
+        for i in range(j + 1, n):
+            v = scale[i] * pt[j, i] * sj
+            ot[j, i] = v if abs(v) >= 1e-8 else 0.0
+
+
+@nb.njit(parallel=True, cache=True)
+def restore_upper(a, diag):
+    """Copy the strict lower triangle of the Fortran-ordered square ``a`` onto its strict upper
+    triangle and set its diagonal to ``diag``, in blocks (the transposed reads stay in cache)."""
+    n = a.shape[0]
+    at = a.T  # C-ordered: at[j, i] = a[i, j]
+    bs = 64
+    nb_ = (n + bs - 1) // bs
+    for bj in nb.prange(nb_):
+        j0 = bj * bs
+        j1 = min(n, j0 + bs)
+        for bi in range(bj, nb_):
+            i0 = bi * bs
+            i1 = min(n, i0 + bs)
+            for j in range(j0, j1):
+                for i in range(max(i0, j + 1), i1):
+                    at[i, j] = at[j, i]  # a[j, i] (upper) = a[i, j] (lower)
+    for j in range(n):
+        a[j, j] = diag[j]

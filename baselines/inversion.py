@@ -18,8 +18,24 @@ which equals the Gaussian marginal likelihood ``log N(d; 0, C + M (lam H)^-1 M^T
 The unknowns are the source pixels that some ray from a used image pixel
 reaches (non-zero columns of M); the others are fixed to zero, and ``H`` is
 restricted to the unknowns accordingly. ``lam = None`` maximises the log
-evidence over ``log lam`` (bracketing, then Brent's bounded method), reusing one
-symbolic factorisation.
+evidence over ``ln lam`` by Newton's method on its derivative (Suyu et al.
+2006, eq. 20 differentiated once more):
+
+    d logP / d ln lam = N_s / 2 - lam E_S - lam tr(A^-1 H) / 2,
+    d^2 logP / d (ln lam)^2 = -lam E_S + lam^2 (Hs)^T A^-1 (Hs) - lam tr(A^-1 H) / 2
+                              + lam^2 tr(A^-1 H A^-1 H) / 2,
+
+with ``E_S = s^T H s / 2``. The traces are exact for small problems and
+Hutchinson estimates (32 Rademacher probes, a fixed seed) otherwise; far from
+the maximum MacKay's fixed-point step ``lam -> gamma / (2 E_S)``, ``gamma =
+N_s - lam tr(A^-1 H)``, is taken where it goes further, and once the maximum is
+bracketed steps stay inside the bracket. With the dense backend the search
+factorises in single precision until the predicted step is below 0.25 dex, then
+evaluates the predicted maximum in double precision and accepts it when the
+parabola through that value and the last point's value and slope peaks within
+``lam_tol`` of it (else it goes on in double precision). The result (source,
+evidence, chi^2) is always that of a double-precision evaluation. Typically two
+or three factorisations are needed.
 """
 
 from __future__ import annotations
@@ -36,7 +52,7 @@ import scipy.sparse as sp
 
 from lensinv import LensOperator
 
-from ._kernels import normal_matrix_csr, normal_matrix_dense
+from ._kernels import normal_matrix_csr, normal_matrix_dense, psf_normal_matrix
 from .regularization import FORMS, regularization_matrix
 from .solvers import Factorization, NotPositiveDefiniteError, choose_backend, logdet_spd
 
@@ -74,7 +90,9 @@ class InversionResult:
     evaluations : int
         Factorisations made.
     evidence_curve : tuple of (lam, log_evidence) pairs
-        Every ``lam`` tried, sorted.
+        Every ``lam`` tried, sorted (single-precision evaluations good to about 1e-4).
+    single_precision_evaluations : int
+        How many of the factorisations were in single precision (the search's first steps).
     timings : dict
         Seconds spent per stage (``normal_matrix``, ``factorisations``, ...).
     """
@@ -91,6 +109,7 @@ class InversionResult:
     backend: str
     evaluations: int
     evidence_curve: tuple
+    single_precision_evaluations: int = 0
     timings: dict = field(default_factory=dict)
 
     @property
@@ -205,8 +224,17 @@ def invert(op: LensOperator, image: np.ndarray, sigma: Union[float, np.ndarray],
     nnz_bound = int(np.sum(np.diff(Mr.indptr).astype(np.int64) ** 2))
     chosen = choose_backend(backend, n_s, nnz_bound)
     args = (Mr.indptr, Mr.indices, Mr.data, Mc.indptr, Mc.indices, Mc.data, w, n_s)
-    if chosen == "dense":
-        P = normal_matrix_dense(*args)
+    if chosen == "dense" and op.psf is not None:
+        # M^T W M = L^T (F^T W F) L: far fewer products than over the PSF-wide rows of M
+        w_img = np.zeros(d.size)
+        w_img[use] = w
+        unknown = np.full(op.source_grid.size, -1, dtype=np.int64)
+        unknown[idx] = np.arange(n_s)
+        L, Lc = op.L, op.L.tocsc()
+        P = psf_normal_matrix(op.image_grid.n, op.psf, w_img, L.indptr, L.indices, L.data, Lc.indptr, Lc.indices,
+                              Lc.data, op.source_grid.n, unknown, n_s)
+    elif chosen == "dense":
+        P = normal_matrix_dense(*args)  # upper triangle
     else:
         ptr, ind, val = normal_matrix_csr(*args)
         P = sp.csr_matrix((val, ind, ptr), shape=(n_s, n_s))
@@ -220,33 +248,46 @@ def invert(op: LensOperator, image: np.ndarray, sigma: Union[float, np.ndarray],
     fact = Factorization(P, H, backend=chosen)
     logdet_h = logdet_spd(H)
     const = 0.5 * logdet_h - 0.5 * n_d * math.log(2.0 * math.pi) - float(np.sum(np.log(sig[use])))
+    probes = None
+    if n_s > _EXACT_TRACE_MAX:
+        probes = np.random.default_rng(_PROBE_SEED).choice(np.array([-1.0, 1.0]), size=(n_s, _PROBES))
     timings["analysis"] = time.perf_counter() - t
 
-    curve: dict[float, tuple[float, np.ndarray, float]] = {}
+    curve: list[tuple[float, float, bool]] = []
+    final: dict = {}
     t_fact = [0.0]
 
-    def evaluate(lam_: float) -> float:
-        if lam_ in curve:
-            return curve[lam_][0]
+    def evaluate(x: float, single: bool, derivatives: bool = True) -> _Point:
         ts = time.perf_counter()
-        fact.factor(lam_)
-        s = fact.solve(b)
+        lam_ = math.exp(x)
+        fact.factor(lam_, single=single)
+        # a single-precision solution suffices for a search step: the evidence is stationary in s
+        s = fact.solve(b, refine=not fact.single)
         r = (Mr @ s - du) * np.sqrt(w)
         chi2 = float(r @ r)
-        es = 0.5 * float(s @ (H @ s))
-        logev = -0.5 * chi2 - lam_ * es - 0.5 * fact.logdet() + 0.5 * n_s * math.log(lam_) + const
+        hs = H @ s
+        es = 0.5 * float(s @ hs)
+        logev = -0.5 * chi2 - lam_ * es - 0.5 * fact.logdet() + 0.5 * n_s * x + const
+        point = _Point(x=x, log_evidence=logev)
+        if derivatives:
+            t1, t2 = fact.trace_terms(probes)
+            u2 = fact.inverse_quadratic(hs)
+            gamma = n_s - lam_ * t1
+            point = _Point(x=x, log_evidence=logev, g=0.5 * gamma - lam_ * es,
+                           dg=-lam_ * es + lam_**2 * u2 - 0.5 * lam_ * t1 + 0.5 * lam_**2 * t2,
+                           mackay=math.log(gamma / (2.0 * es)) - x if gamma > 0 and es > 0 else math.nan)
+        curve.append((lam_, logev, fact.single))
+        final.update(lam=lam_, logev=logev, s=s, chi2=chi2, single=fact.single)
         t_fact[0] += time.perf_counter() - ts
-        curve[lam_] = (logev, s, chi2)
-        return logev
+        return point
 
     if lam is None:
-        lam = _maximise_evidence(evaluate, _initial_lam(P, H), lam_tol)
+        _maximise_evidence(evaluate, math.log(_initial_lam(P, H, regularization)), lam_tol * _LN10,
+                           single=chosen == "dense")
     else:
-        lam = float(lam)
-        evaluate(lam)
-    if fact.lam != lam:  # leave the factor at the chosen lam
-        fact.factor(lam)
-    logev, s, chi2 = curve[lam]
+        evaluate(math.log(float(lam)), single=False, derivatives=False)
+    lam, logev, s, chi2 = final["lam"], final["logev"], final["s"], final["chi2"]
+    assert not final["single"]  # the reported evaluation is always in double precision
     timings["factorisations"] = t_fact[0]
 
     t = time.perf_counter()
@@ -256,7 +297,11 @@ def invert(op: LensOperator, image: np.ndarray, sigma: Union[float, np.ndarray],
         std[idx] = np.sqrt(fact.inverse_diagonal())
         std = std.reshape(op.source_grid.shape)
     if nonnegative:
-        s = _nonnegative(P + lam * H.toarray() if isinstance(P, np.ndarray) else (P + lam * H).tocsr(), b, s)
+        if fact.backend == "dense":
+            A = fact.full_matrix()
+        else:
+            A = (P + lam * H).tocsr()
+        s = _nonnegative(A, b, s)
         r = (Mr @ s - du) * np.sqrt(w)
         chi2 = float(r @ r)
     timings["extras"] = time.perf_counter() - t
@@ -267,71 +312,101 @@ def invert(op: LensOperator, image: np.ndarray, sigma: Union[float, np.ndarray],
     return InversionResult(source=full.reshape(op.source_grid.shape), lam=lam, log_evidence=logev, chi2=chi2,
                            n_data=n_d, n_unknowns=n_s, regularization=regularization,
                            reached=reached.reshape(op.source_grid.shape), source_std=std, backend=fact.backend,
-                           evaluations=len(curve),
-                           evidence_curve=tuple(sorted((k, v[0]) for k, v in curve.items())), timings=timings)
+                           evaluations=len(curve), evidence_curve=tuple(sorted((k, v) for k, v, _ in curve)),
+                           single_precision_evaluations=sum(1 for *_, single in curve if single), timings=timings)
 
 
-def _initial_lam(P, H: sp.spmatrix) -> float:
-    """A scale-aware first guess: three times the strength at which the prior's trace equals the
-    data's (on simulated lenses the evidence optimum lies 0-1.2 dex above that balance)."""
+_LN10 = math.log(10.0)
+_PROBES = 32
+_PROBE_SEED = 20061231
+_EXACT_TRACE_MAX = 1500  # unknowns up to which the traces in the derivatives are computed exactly
+_SINGLE_UNTIL = 0.25 * _LN10  # single-precision search steps until the predicted step is this small (ln lam)
+_MAX_STEP = 2.0 * _LN10
+_SPAN = 12.0 * _LN10
+# the evidence optimum relative to the balance tr(M^T C^-1 M) = lam tr(H), median over simulated lenses
+_BALANCE_OFFSET = {"zeroth": 0.4, "gradient": 3.0, "curvature": 20.0}
+
+
+@dataclass(frozen=True)
+class _Point:
+    """One evaluation of the evidence at ``x = ln lam``, with its derivatives in ``x``."""
+
+    x: float
+    log_evidence: float
+    g: float = math.nan
+    dg: float = math.nan
+    mackay: float = math.nan
+
+
+def _initial_lam(P, H: sp.spmatrix, form: str) -> float:
+    """A scale-aware first guess: the strength at which the prior's trace equals the data's, times
+    the median ratio of the evidence optimum to it on simulated lenses (per regularization form;
+    the spread is about one decade either way)."""
     trace_p = float(np.trace(P)) if isinstance(P, np.ndarray) else float(P.diagonal().sum())
-    return 3.0 * trace_p / float(H.diagonal().sum())
+    return _BALANCE_OFFSET[form] * trace_p / float(H.diagonal().sum())
 
 
-def _maximise_evidence(evaluate, lam0: float, tol: float, span: float = 12.0) -> float:
-    """Maximise ``evaluate(lam)`` over ``x = log10(lam)`` to within ``tol`` (dex).
+def _maximise_evidence(evaluate, x0: float, tol: float, single: bool) -> float:
+    """Maximise the log evidence over ``x = ln lam`` from ``x0``; returns the ``x`` of the last
+    evaluation, which is in double precision and within ``tol`` of the predicted maximum.
 
-    Walks from ``lam0`` in half-decade steps (growing to a decade) until the
-    evidence falls, which brackets the maximum ``a < b < c``; then successive
-    parabolic interpolation through the bracket (bisecting the larger side when
-    the parabola is useless). When the next point would land within ``tol`` of
-    the best one, a probe at ``tol`` on that side confirms it. Every value is
-    exact (one factorisation) and cached; typically 6-8 are needed.
+    ``evaluate(x, single, derivatives=True)`` returns a :class:`_Point`. With ``single`` the
+    search starts in single precision; once a step below 0.25 dex is predicted, the value at the
+    predicted maximum is evaluated in double precision, and accepted when the parabola through it
+    and the last point's value and slope peaks within ``tol`` of it; otherwise the search goes on
+    in double precision until a predicted step is below ``tol``. Steps: Newton's on the derivative ``g``
+    where the curvature is negative (else a maximal step uphill); MacKay's fixed-point step where
+    it goes further in the same direction (far from the maximum ``g`` flattens and Newton's steps
+    shrink); at most 2 decades; and, once points on both sides of the maximum are known
+    (``g > 0`` and ``g < 0``), the secant of ``g`` between the nearest two when the step would
+    leave that bracket.
     """
-    g = lambda x: evaluate(10.0**x)  # noqa: E731
-    x0 = math.log10(lam0)
-    lo, hi = x0 - span, x0 + span
-    xa, xb = x0, x0 + 0.5
-    ga, gb = g(xa), g(xb)
-    step = 0.5
-    if gb < ga:
-        xa, xb, ga, gb = xb, xa, gb, ga
-        step = -step
-    while True:  # walk uphill: g(xb) >= g(xa)
-        xc = xb + step
-        if not lo <= xc <= hi:
-            log.warning("the evidence keeps rising towards lam = %.3g; using the search bound", 10.0**xb)
-            return 10.0**xb
-        gc = g(xc)
-        if gc < gb:
-            break
-        xa, ga, xb, gb = xb, gb, xc, gc
-        step = math.copysign(min(2.0 * abs(step), 1.0), step)
-    (a, ga), (c, gc) = sorted([(xa, ga), (xc, gc)])
-    b = xb
-    for _ in range(50):
-        if c - a <= 2.0 * tol:
-            break
-        den = (b - a) * (gb - gc) - (b - c) * (gb - ga)
-        xv = b - 0.5 * ((b - a) ** 2 * (gb - gc) - (b - c) ** 2 * (gb - ga)) / den if den != 0 else math.nan
-        if not a < xv < c:
-            xv = 0.5 * (a + b) if b - a > c - b else 0.5 * (b + c)
-        probe = abs(xv - b) < tol
-        if probe:
-            side = xv - b if xv != b else (c - b) - (b - a)
-            xv = b + math.copysign(tol, side)
-        gv = g(xv)
-        if gv > gb:
-            a, ga, c, gc = (a, ga, b, gb) if xv < b else (b, gb, c, gc)
-            b, gb = xv, gv
-        else:
-            if xv < b:
-                a, ga = xv, gv
-            else:
-                c, gc = xv, gv
-            if probe:
-                break
-    return 10.0**b
+    pts: list[_Point] = []
+    x = x0
+    for _ in range(60):
+        p = evaluate(x, single)
+        pts.append(p)
+        step = _next_step(p, pts)
+        if not single and abs(step) < tol:
+            return x
+        if not x0 - _SPAN <= x + step <= x0 + _SPAN:
+            log.warning("the evidence keeps rising towards lam = %.3g; stopping at the search bound", math.exp(x))
+            return _last_in_double(evaluate, x) if single else x
+        if single and abs(step) < _SINGLE_UNTIL:
+            # close: one double-precision evaluation of the value at the predicted maximum; the
+            # parabola through it and this point's value and slope confirms it (or moves on)
+            xd = x + step
+            pd = evaluate(xd, False, derivatives=False)
+            curv = (pd.log_evidence - p.log_evidence - p.g * step) / step**2 if step != 0 else -math.inf
+            if curv < 0 and abs(p.x - p.g / (2.0 * curv) - xd) < tol:
+                return xd
+            single = False
+            x = p.x - p.g / (2.0 * curv) if curv < 0 else xd
+            continue
+        x += step
+    log.warning("the evidence search did not converge in 60 steps; using lam = %.4g", math.exp(x))
+    return _last_in_double(evaluate, x)
+
+
+def _next_step(p: _Point, pts: list) -> float:
+    """The search step from ``p`` (see :func:`_maximise_evidence`)."""
+    step = -p.g / p.dg if p.dg < 0 else math.copysign(_MAX_STEP, p.g)
+    if p.mackay * p.g > 0 and abs(p.mackay) > abs(step):  # False for NaN
+        step = p.mackay
+    step = max(-_MAX_STEP, min(_MAX_STEP, step))
+    below = [q for q in pts if q.g > 0]
+    above = [q for q in pts if q.g < 0]
+    if below and above:
+        a = max(below, key=lambda q: q.x)
+        c = min(above, key=lambda q: q.x)
+        if a.x < c.x and not a.x < p.x + step < c.x:
+            step = a.x - a.g * (c.x - a.x) / (c.g - a.g) - p.x
+    return step
+
+
+def _last_in_double(evaluate, x: float) -> float:
+    evaluate(x, False)
+    return x
 
 
 def _nonnegative(A, b: np.ndarray, s0: np.ndarray) -> np.ndarray:

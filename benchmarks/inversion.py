@@ -22,7 +22,7 @@ from lensinv.simulate import PRESETS, ObservationPreset, SimulationConfig, simul
 
 
 def run(sims, mask: bool, form: str = "gradient", label: str = "") -> None:
-    times, single, rmses, evals, nunk, stages = [], [], [], [], [], {}
+    times, single, rmses, evals, nsingle, nunk, stages = [], [], [], [], [], [], {}
     for sim in sims:
         op = sim.op
         m = baselines.arc_mask(sim.image, sim.sigma) if mask else None
@@ -34,6 +34,7 @@ def run(sims, mask: bool, form: str = "gradient", label: str = "") -> None:
         single.append(time.perf_counter() - t0)
         rmses.append(float(np.sqrt(np.mean((res.source - sim.source) ** 2))))
         evals.append(res.evaluations)
+        nsingle.append(res.single_precision_evaluations)
         nunk.append(res.n_unknowns)
         for k, v in res.timings.items():
             stages.setdefault(k, []).append(v)
@@ -41,7 +42,8 @@ def run(sims, mask: bool, form: str = "gradient", label: str = "") -> None:
     print(f"{label:34s} {form:9s} mask={'arc' if mask else 'none':4s} | evidence-optimised "
           f"{statistics.median(times):6.2f} s (IQR {np.percentile(times, 25):.2f}-{np.percentile(times, 75):.2f}) | "
           f"single solve {statistics.median(single):5.2f} s | RMSE {statistics.median(rmses):.4f} | "
-          f"{statistics.median(evals):.0f} factorisations of {statistics.median(nunk):.0f} unknowns")
+          f"{statistics.median(evals):.0f} factorisations ({statistics.median(nsingle):.0f} single precision; "
+          f"range {min(evals)}-{max(evals)}) of {statistics.median(nunk):.0f} unknowns")
     print(f"{'':34s} median s per stage: {where}")
 
 
