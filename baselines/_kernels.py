@@ -1,9 +1,13 @@
-"""Numba kernel for the normal matrix ``M^T W M`` of a sparse M and diagonal weights W."""
+"""Numba kernels for the normal matrix ``M^T W M`` of a sparse M and diagonal weights W, and for the
+dense factorisations' buffers."""
 
 from __future__ import annotations
 
 import numba as nb
 import numpy as np
+
+# the separable running min/max over a window, shared with the forming of F L
+from lensinv._kernels import _window_extreme
 
 
 @nb.njit(parallel=True, cache=True)
@@ -125,36 +129,6 @@ def _gram_row(a, b, n, kernel, w, acorr, out):
                     out[i - a - m + 3 * c, j - b - l + 3 * c] += wk * kernel[m, l]
 
 
-@nb.njit(parallel=True, cache=True)
-def _window_bounds(lo_r, hi_r, lo_c, hi_c, n, h):
-    """Bounding box over a ``(2h+1)^2`` window of per-pixel boxes (-1: empty), separably."""
-    maps = (lo_r, hi_r, lo_c, hi_c)
-    out = []
-    for q in range(4):
-        v = maps[q]
-        take_max = q % 2 == 1
-        tmp = np.full(n * n, -1, dtype=np.int64)
-        res = np.full(n * n, -1, dtype=np.int64)
-        for i in nb.prange(n):
-            for j in range(n):
-                best = -1
-                for jj in range(max(j - h, 0), min(j + h, n - 1) + 1):
-                    x = v[i * n + jj]
-                    if x >= 0 and (best < 0 or (x > best if take_max else x < best)):
-                        best = x
-                tmp[i * n + j] = best
-        for i in nb.prange(n):
-            for j in range(n):
-                best = -1
-                for ii in range(max(i - h, 0), min(i + h, n - 1) + 1):
-                    x = tmp[ii * n + j]
-                    if x >= 0 and (best < 0 or (x > best if take_max else x < best)):
-                        best = x
-                res[i * n + j] = best
-        out.append(res)
-    return out[0], out[1], out[2], out[3]
-
-
 def psf_normal_matrix(n, kernel, w, l_ptr, l_idx, l_val, lc_ptr, lc_row, lc_val, ns, unknown, n_unknown):
     """``M^T diag(w) M`` for ``M = F L`` as ``L^T Q`` with ``Q = (F^T diag(w) F) L``, dense, upper triangle.
 
@@ -204,7 +178,10 @@ def _gram_lens_rows(n, kernel, w, l_ptr, l_idx, l_val, ns):
             lo_c[k] = cc if lo_c[k] < 0 else min(lo_c[k], cc)
             hi_c[k] = max(hi_c[k], cc)
     # ... and over the Gram window of each image pixel that L uses: the box of its Q row
-    wr0, wr1, wc0, wc1 = _window_bounds(lo_r, hi_r, lo_c, hi_c, n, h)
+    wr0 = _window_extreme(lo_r, n, h, False, -1)
+    wr1 = _window_extreme(hi_r, n, h, True, -1)
+    wc0 = _window_extreme(lo_c, n, h, False, -1)
+    wc1 = _window_extreme(hi_c, n, h, True, -1)
     rows = np.flatnonzero(np.diff(l_ptr) > 0)
     nr = rows.shape[0]
     sizes = np.zeros(nr + 1, dtype=np.int64)
