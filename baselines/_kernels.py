@@ -6,8 +6,8 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-# the separable running min/max over a window, shared with the forming of F L
-from lensinv._kernels import _window_extreme
+# the source-plane boxes of windows of rows of L, shared with the forming of F L
+from lensinv._kernels import windowed_row_boxes
 
 
 @nb.njit(parallel=True, cache=True)
@@ -160,28 +160,8 @@ def _gram_lens_rows(n, kernel, w, l_ptr, l_idx, l_val, ns):
     c = (kernel.shape[0] - 1) // 2
     h = 2 * c
     acorr = _autocorrelation(kernel)
-    # source-plane box of each row of L ...
-    lo_r = np.full(npix, -1, dtype=np.int64)
-    hi_r = np.full(npix, -1, dtype=np.int64)
-    lo_c = np.full(npix, -1, dtype=np.int64)
-    hi_c = np.full(npix, -1, dtype=np.int64)
-    l_r = np.empty(l_idx.shape[0], dtype=np.int64)
-    l_c = np.empty(l_idx.shape[0], dtype=np.int64)
-    for k in nb.prange(npix):
-        for p in range(l_ptr[k], l_ptr[k + 1]):
-            r = l_idx[p] // ns
-            cc = l_idx[p] % ns
-            l_r[p] = r
-            l_c[p] = cc
-            lo_r[k] = r if lo_r[k] < 0 else min(lo_r[k], r)
-            hi_r[k] = max(hi_r[k], r)
-            lo_c[k] = cc if lo_c[k] < 0 else min(lo_c[k], cc)
-            hi_c[k] = max(hi_c[k], cc)
-    # ... and over the Gram window of each image pixel that L uses: the box of its Q row
-    wr0 = _window_extreme(lo_r, n, h, False, -1)
-    wr1 = _window_extreme(hi_r, n, h, True, -1)
-    wc0 = _window_extreme(lo_c, n, h, False, -1)
-    wc1 = _window_extreme(hi_c, n, h, True, -1)
+    # the box of each Q row: the source pixels of the rows of L within its Gram window
+    l_r, l_c, wr0, wr1, wc0, wc1 = windowed_row_boxes(n, h, l_ptr, l_idx, ns)
     rows = np.flatnonzero(np.diff(l_ptr) > 0)
     nr = rows.shape[0]
     sizes = np.zeros(nr + 1, dtype=np.int64)

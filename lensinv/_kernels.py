@@ -409,11 +409,13 @@ def _window_extreme(v, n, h, take_max, empty):
 
 
 @nb.njit(parallel=True, cache=True)
-def psf_lens_csr_kernel(n, kernel, l_ptr, l_idx, l_val, ns):
-    """CSR arrays of ``F L`` straight from the PSF kernel and the CSR arrays of L (``n^2`` image
-    pixels, ``ns^2`` source pixels), without forming F."""
-    da, db, tv = _psf_taps(kernel)
-    h = (kernel.shape[0] - 1) // 2
+def windowed_row_boxes(n, h, l_ptr, l_idx, ns):
+    """Source-plane rows and columns of L's entries (``l_r``, ``l_c``), and for each image pixel the
+    bounding box ``[rmin, rmax] x [cmin, cmax]`` of the source pixels of the rows of L within a
+    ``(2h+1)^2`` window around it (-1 where there are none).
+
+    L is given by its CSR arrays (``n^2`` image pixels, ``ns^2`` source pixels).
+    """
     npix = n * n
     l_r = np.empty(l_idx.shape[0], dtype=np.int32)
     l_c = np.empty(l_idx.shape[0], dtype=np.int32)
@@ -432,11 +434,22 @@ def psf_lens_csr_kernel(n, kernel, l_ptr, l_idx, l_val, ns):
             rmax[k] = max(rmax[k], r)
             cmin[k] = c if cmin[k] < 0 else min(cmin[k], c)
             cmax[k] = max(cmax[k], c)
-    # ... and over each output pixel's PSF window (a superset of the taps' support)
+    # ... and over each pixel's window
     rmin = _window_extreme(rmin, n, h, False, -1)
     rmax = _window_extreme(rmax, n, h, True, -1)
     cmin = _window_extreme(cmin, n, h, False, -1)
     cmax = _window_extreme(cmax, n, h, True, -1)
+    return l_r, l_c, rmin, rmax, cmin, cmax
+
+
+@nb.njit(parallel=True, cache=True)
+def psf_lens_csr_kernel(n, kernel, l_ptr, l_idx, l_val, ns):
+    """CSR arrays of ``F L`` straight from the PSF kernel and the CSR arrays of L (``n^2`` image
+    pixels, ``ns^2`` source pixels), without forming F."""
+    da, db, tv = _psf_taps(kernel)
+    h = (kernel.shape[0] - 1) // 2
+    npix = n * n
+    l_r, l_c, rmin, rmax, cmin, cmax = windowed_row_boxes(n, h, l_ptr, l_idx, ns)
     counts = np.zeros(npix + 1, dtype=np.int64)
     dummy_c = np.empty(0, dtype=np.int32)
     dummy_v = np.empty(0)
