@@ -201,6 +201,8 @@ def invert(op: LensOperator, image: np.ndarray, sigma: Union[float, np.ndarray],
         raise ValueError(f"regularization must be one of {', '.join(FORMS)}, got {regularization!r}")
     if lam is not None and (not math.isfinite(float(lam)) or float(lam) <= 0):
         raise ValueError(f"lam must be a finite number > 0 or None, got {lam!r}")
+    if not math.isfinite(float(lam_tol)) or float(lam_tol) <= 0:
+        raise ValueError(f"lam_tol must be a finite number > 0 (dex), got {lam_tol!r}")
     d, sig, use = _check_inputs(op, image, sigma, mask)
     M = op.matrix
     timings["operator"] = time.perf_counter() - t0
@@ -253,8 +255,7 @@ def invert(op: LensOperator, image: np.ndarray, sigma: Union[float, np.ndarray],
         probes = np.random.default_rng(_PROBE_SEED).choice(np.array([-1.0, 1.0]), size=(n_s, _PROBES))
     timings["analysis"] = time.perf_counter() - t
 
-    curve: list[tuple[float, float, bool]] = []
-    final: dict = {}
+    curve: list[_Evaluation] = []  # every factorisation, in order; the last one is reported
     t_fact = [0.0]
 
     def evaluate(x: float, single: bool, derivatives: bool = True) -> _Point:
@@ -276,8 +277,7 @@ def invert(op: LensOperator, image: np.ndarray, sigma: Union[float, np.ndarray],
             point = _Point(x=x, log_evidence=logev, g=0.5 * gamma - lam_ * es,
                            dg=-lam_ * es + lam_**2 * u2 - 0.5 * lam_ * t1 + 0.5 * lam_**2 * t2,
                            mackay=math.log(gamma / (2.0 * es)) - x if gamma > 0 and es > 0 else math.nan)
-        curve.append((lam_, logev, fact.single))
-        final.update(lam=lam_, logev=logev, s=s, chi2=chi2, single=fact.single)
+        curve.append(_Evaluation(lam=lam_, log_evidence=logev, single=fact.single, source=s, chi2=chi2))
         t_fact[0] += time.perf_counter() - ts
         return point
 
@@ -286,8 +286,9 @@ def invert(op: LensOperator, image: np.ndarray, sigma: Union[float, np.ndarray],
                            single=chosen == "dense")
     else:
         evaluate(math.log(float(lam)), single=False, derivatives=False)
-    lam, logev, s, chi2 = final["lam"], final["logev"], final["s"], final["chi2"]
-    assert not final["single"]  # the reported evaluation is always in double precision
+    last = curve[-1]
+    assert not last.single  # the search always ends on a double-precision evaluation
+    lam, logev, s, chi2 = last.lam, last.log_evidence, last.source, last.chi2
     timings["factorisations"] = t_fact[0]
 
     t = time.perf_counter()
@@ -312,8 +313,8 @@ def invert(op: LensOperator, image: np.ndarray, sigma: Union[float, np.ndarray],
     return InversionResult(source=full.reshape(op.source_grid.shape), lam=lam, log_evidence=logev, chi2=chi2,
                            n_data=n_d, n_unknowns=n_s, regularization=regularization,
                            reached=reached.reshape(op.source_grid.shape), source_std=std, backend=fact.backend,
-                           evaluations=len(curve), evidence_curve=tuple(sorted((k, v) for k, v, _ in curve)),
-                           single_precision_evaluations=sum(1 for *_, single in curve if single), timings=timings)
+                           evaluations=len(curve), evidence_curve=tuple(sorted((e.lam, e.log_evidence) for e in curve)),
+                           single_precision_evaluations=sum(e.single for e in curve), timings=timings)
 
 
 _LN10 = math.log(10.0)
@@ -325,6 +326,17 @@ _MAX_STEP = 2.0 * _LN10
 _SPAN = 12.0 * _LN10
 # the evidence optimum relative to the balance tr(M^T C^-1 M) = lam tr(H), median over simulated lenses
 _BALANCE_OFFSET = {"zeroth": 0.4, "gradient": 3.0, "curvature": 20.0}
+
+
+@dataclass(frozen=True, eq=False)
+class _Evaluation:
+    """What one factorisation gave: the most probable source and its evidence at ``lam``."""
+
+    lam: float
+    log_evidence: float
+    single: bool
+    source: np.ndarray
+    chi2: float
 
 
 @dataclass(frozen=True)
@@ -346,9 +358,9 @@ def _initial_lam(P, H: sp.spmatrix, form: str) -> float:
     return _BALANCE_OFFSET[form] * trace_p / float(H.diagonal().sum())
 
 
-def _maximise_evidence(evaluate, x0: float, tol: float, single: bool) -> float:
-    """Maximise the log evidence over ``x = ln lam`` from ``x0``; returns the ``x`` of the last
-    evaluation, which is in double precision and within ``tol`` of the predicted maximum.
+def _maximise_evidence(evaluate, x0: float, tol: float, single: bool) -> None:
+    """Maximise the log evidence over ``x = ln lam`` from ``x0``. The last evaluation is the result:
+    it is in double precision and within ``tol`` of the predicted maximum.
 
     ``evaluate(x, single, derivatives=True)`` returns a :class:`_Point`. With ``single`` the
     search starts in single precision; once a step below 0.25 dex is predicted, the value at the
@@ -368,10 +380,12 @@ def _maximise_evidence(evaluate, x0: float, tol: float, single: bool) -> float:
         pts.append(p)
         step = _next_step(p, pts)
         if not single and abs(step) < tol:
-            return x
+            return
         if not x0 - _SPAN <= x + step <= x0 + _SPAN:
             log.warning("the evidence keeps rising towards lam = %.3g; stopping at the search bound", math.exp(x))
-            return _last_in_double(evaluate, x) if single else x
+            if single:
+                evaluate(x, False, derivatives=False)
+            return
         if single and abs(step) < _SINGLE_UNTIL:
             # close: one double-precision evaluation of the value at the predicted maximum; the
             # parabola through it and this point's value and slope confirms it (or moves on)
@@ -379,13 +393,13 @@ def _maximise_evidence(evaluate, x0: float, tol: float, single: bool) -> float:
             pd = evaluate(xd, False, derivatives=False)
             curv = (pd.log_evidence - p.log_evidence - p.g * step) / step**2 if step != 0 else -math.inf
             if curv < 0 and abs(p.x - p.g / (2.0 * curv) - xd) < tol:
-                return xd
+                return
             single = False
             x = p.x - p.g / (2.0 * curv) if curv < 0 else xd
             continue
         x += step
     log.warning("the evidence search did not converge in 60 steps; using lam = %.4g", math.exp(x))
-    return _last_in_double(evaluate, x)
+    evaluate(x, False, derivatives=False)
 
 
 def _next_step(p: _Point, pts: list) -> float:
@@ -402,11 +416,6 @@ def _next_step(p: _Point, pts: list) -> float:
         if a.x < c.x and not a.x < p.x + step < c.x:
             step = a.x - a.g * (c.x - a.x) / (c.g - a.g) - p.x
     return step
-
-
-def _last_in_double(evaluate, x: float) -> float:
-    evaluate(x, False)
-    return x
 
 
 def _nonnegative(A, b: np.ndarray, s0: np.ndarray) -> np.ndarray:

@@ -145,9 +145,14 @@ class Factorization:
         return a + self.lam * self.Q.toarray()
 
     def _sym_apply(self, x: np.ndarray) -> np.ndarray:
-        """``(P + lam Q) x`` in double precision, from the lower triangle of P (and its diagonal)."""
-        y = scipy.linalg.blas.dsymv(1.0, self.P, x, lower=1)
-        return y + (self._diag - np.diag(self.P)) * x + self.lam * (self.Q @ x)
+        """``(P + lam Q) x`` in double precision for a vector or columns, from the lower triangle of
+        P (its diagonal may hold a factor's: it is corrected from the kept copy)."""
+        fix = self._diag - np.diag(self.P)
+        if x.ndim == 1:
+            y = scipy.linalg.blas.dsymv(1.0, self.P, x, lower=1) + fix * x
+        else:
+            y = scipy.linalg.blas.dsymm(1.0, self.P, np.asfortranarray(x), side=0, lower=1) + fix[:, None] * x
+        return y + self.lam * (self.Q @ x)
 
     def _half_solve(self, B: np.ndarray, trans: bool) -> np.ndarray:
         """``G^-1 B`` (or ``G^-T B``) for the factor ``A = G G^T`` of the (scaled) matrix: ``G`` is the
@@ -232,7 +237,7 @@ class Factorization:
                 return x
             norm_b = np.linalg.norm(b)
             for _ in range(_REFINE_STEPS):  # iterative refinement against the double-precision matrix
-                r = b - (self._sym_apply(x) if b.ndim == 1 else np.column_stack([self._sym_apply(v) for v in x.T]))
+                r = b - self._sym_apply(x)
                 if np.linalg.norm(r) <= 1e-15 * norm_b:
                     break
                 x += approx(r)

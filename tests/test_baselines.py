@@ -201,6 +201,8 @@ def test_invalid_input(rng):
         (dict(image=d, sigma=0.02, lam=0.0), "lam"),
         (dict(image=d, sigma=0.02, lam=np.nan), "lam"),
         (dict(image=d, sigma=0.02, backend="magic"), "backend"),
+        (dict(image=d, sigma=0.02, lam_tol=0.0), "lam_tol"),
+        (dict(image=d, sigma=0.02, lam_tol=np.nan), "lam_tol"),
     ]
     for kwargs, msg in cases:
         with pytest.raises(ValueError, match=msg):
