@@ -59,7 +59,6 @@ def normal_matrix_csr(r_ptr, r_idx, r_val, c_ptr, c_idx, c_val, w, n):
     return indptr, indices, data
 
 
-@nb.njit(parallel=True, cache=True)
 def normal_matrix_dense(r_ptr, r_idx, r_val, c_ptr, c_idx, c_val, w, n):
     """``M^T diag(w) M`` as a dense ``n x n`` array holding the upper triangle (``j >= i``; the strict
     lower triangle is zero).
@@ -67,7 +66,14 @@ def normal_matrix_dense(r_ptr, r_idx, r_val, c_ptr, c_idx, c_val, w, n):
     M is given in CSR (``r_*``, sorted columns) and CSC (``c_*``) form. Rows are
     dealt to threads round-robin, since rows near the top hold more of the upper triangle.
     """
-    out = np.zeros((n, n))
+    out = np.zeros((n, n))  # NumPy's zeros: fresh pages come zeroed, no second pass
+    _normal_matrix_dense(out, r_ptr, r_idx, r_val, c_ptr, c_idx, c_val, w)
+    return out
+
+
+@nb.njit(parallel=True, cache=True)
+def _normal_matrix_dense(out, r_ptr, r_idx, r_val, c_ptr, c_idx, c_val, w):
+    n = out.shape[0]
     n_chunks = min(n, 64)
     for c in nb.prange(n_chunks):
         for a in range(c, n, n_chunks):
@@ -146,7 +152,9 @@ def psf_normal_matrix(n, kernel, w, l_ptr, l_idx, l_val, lc_ptr, lc_row, lc_val,
     the matrix; the strict lower triangle is zero.
     """
     q = _gram_lens_rows(n, kernel, w, l_ptr, l_idx, l_val, ns)
-    return _lt_times_boxes(lc_ptr, lc_row, lc_val, ns, unknown, n_unknown, *q)
+    out = np.zeros((n_unknown, n_unknown))  # NumPy's zeros: fresh pages come zeroed, no second pass
+    _lt_times_boxes(out, lc_ptr, lc_row, lc_val, ns, unknown, *q)
+    return out
 
 
 @nb.njit(parallel=True, cache=True)
@@ -194,20 +202,29 @@ def _gram_lens_rows(n, kernel, w, l_ptr, l_idx, l_val, ns):
 
 
 @nb.njit(parallel=True, cache=True)
-def _lt_times_boxes(lc_ptr, lc_row, lc_val, ns, unknown, n_unknown, row_of, wr0, wr1, wc0, wc1, q_off, q_val):
+def _lt_times_boxes(out, lc_ptr, lc_row, lc_val, ns, unknown, row_of, wr0, wr1, wc0, wc1, q_off, q_val):
     """Upper triangle of ``L^T Q`` (Q's rows on boxes, from :func:`_gram_lens_rows`), rows dealt
     round-robin to threads (upper rows hold more of the triangle). ``unknown`` must be increasing
-    over the solved-for pixels, so the upper triangle is the part of each box at or after ``a``."""
-    out = np.zeros((n_unknown, n_unknown))
+    over the solved-for pixels, so the upper triangle is the part of each box at or after ``a``.
+
+    Each row is summed over the full source grid (contiguous runs of box rows, which vectorise):
+    straight into the output where every pixel is solved for, else into a per-thread buffer
+    gathered into the row's solved-for pixels afterwards. ``out`` is the zeroed ``(n_unknown,
+    n_unknown)`` output.
+    """
+    n_unknown = out.shape[0]
     ns2 = unknown.shape[0]
+    full = n_unknown == ns2  # then unknown is the identity
     n_chunks = min(max(ns2, 1), 256)
     for ch in nb.prange(n_chunks):
+        buf = np.zeros(0 if full else ns2)
         for a in range(ch, ns2, n_chunks):
             ua = unknown[a]
             if ua < 0:
                 continue
             ra, ca = a // ns, a % ns
-            row = out[ua]
+            acc = out[ua] if full else buf
+            lo, hi = ns2, -1
             for p in range(lc_ptr[a], lc_ptr[a + 1]):
                 k = lc_row[p]
                 v = lc_val[p]
@@ -216,22 +233,27 @@ def _lt_times_boxes(lc_ptr, lc_row, lc_val, ns, unknown, n_unknown, row_of, wr0,
                 base = q_off[row_of[k]]
                 for sr in range(max(r0, ra), r1 + 1):
                     first = max(c0, ca) if sr == ra else c0
-                    off = base + (sr - r0) * bw - c0
-                    src = sr * ns
-                    for sc in range(first, c1 + 1):
-                        q = q_val[off + sc]
-                        if q != 0.0:
-                            ub = unknown[src + sc]
-                            if ub >= 0:
-                                row[ub] += v * q
+                    s0 = sr * ns + first
+                    o0 = base + (sr - r0) * bw + first - c0
+                    for t in range(c1 - first + 1):
+                        acc[s0 + t] += v * q_val[o0 + t]
+                    lo = min(lo, s0)
+                    hi = max(hi, sr * ns + c1)
+            if not full:
+                row = out[ua]
+                for b in range(lo, hi + 1):
+                    ub = unknown[b]
+                    if ub >= 0:
+                        row[ub] = buf[b]
+                    buf[b] = 0.0
     return out
 
 
 @nb.njit(parallel=True, cache=True)
-def scale_lower_f32(p, diag, scale, out):
+def scale_lower_f32(p, diag, scale, out, tiny):
     """``out[i, j] = float32(scale[i] p[i, j] scale[j])`` on the lower triangle (``i > j``) of the
-    Fortran-ordered ``p``, zero where that is below 1e-8 in magnitude, and ``scale[i]^2 diag[i]`` on
-    the diagonal; ``out``'s strict upper triangle is left as it is."""
+    Fortran-ordered ``p``, zero where that is below ``tiny`` in magnitude, and ``scale[i]^2 diag[i]``
+    on the diagonal; ``out``'s strict upper triangle is left as it is."""
     n = p.shape[0]
     pt = p.T  # C-ordered views: pt[j, i] = p[i, j], column j of p is row j of pt
     ot = out.T
@@ -240,7 +262,7 @@ def scale_lower_f32(p, diag, scale, out):
         ot[j, j] = scale[j] * diag[j] * sj
         for i in range(j + 1, n):
             v = scale[i] * pt[j, i] * sj
-            ot[j, i] = v if abs(v) >= 1e-8 else 0.0
+            ot[j, i] = v if abs(v) >= tiny else 0.0
 
 
 @nb.njit(parallel=True, cache=True)
@@ -262,3 +284,28 @@ def restore_upper(a, diag):
                     at[i, j] = at[j, i]  # a[j, i] (upper) = a[i, j] (lower)
     for j in range(n):
         a[j, j] = diag[j]
+
+
+@nb.njit(parallel=True, cache=True)
+def coarsen_upper(p, starts, members, group, m):
+    """``U^T P U`` (dense, ``m x m``, symmetric) for ``U[i, group[i]] = 1``: the normal matrix of a
+    source on coarser pixels (each a group of fine unknowns), from the fine ``P`` held in the upper
+    triangle of the C-ordered ``p`` (``j >= i``).
+
+    ``members[starts[c]:starts[c + 1]]`` are the fine unknowns of coarse pixel ``c``. Each thread
+    sums the rows of its coarse pixels (``T = U^T triu(P) U``); then ``U^T P U = T + T^T - D``
+    with ``D`` the block sums of P's diagonal.
+    """
+    n = p.shape[0]
+    t = np.zeros((m, m))
+    for c in nb.prange(m):
+        row = t[c]
+        for k in range(starts[c], starts[c + 1]):
+            i = members[k]
+            pi = p[i]
+            for j in range(i, n):
+                row[group[j]] += pi[j]
+    out = t + t.T
+    for i in range(n):
+        out[group[i], group[i]] -= p[i, i]
+    return out
