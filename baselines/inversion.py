@@ -34,14 +34,16 @@ bracketed steps stay inside the bracket.
 For large problems (over 1,500 unknowns) the search starts from the maximum of
 the same data's evidence with the source binned 2x2 (a quarter of the unknowns,
 about 1/64 of the work per factorisation), scaled by the median ratio of the
-two optima measured on simulated lenses: within about 0.1 dex, so one or two
-full-size factorisations usually suffice. A point whose predicted Newton step
-is below ``lam_tol`` is the result. Close to the maximum (a step below 0.25
-dex) the value at the predicted maximum is evaluated and accepted when the
+two optima measured on simulated lenses: within about 0.1 dex. On the dense
+backend, points far from the maximum (a predicted step of 0.25 dex or more, and
+the first one) are factorised in single precision. Close to it, the value at
+the predicted maximum is evaluated in double precision and accepted when the
 parabola through it and the last point's value and slope peaks within
-``lam_tol`` of it. Far from it (the first guess off), the dense backend takes
-its steps in single precision. The result (source, evidence, chi^2) is always
-that of a double-precision evaluation.
+``lam_tol`` of it with a predicted gain in log evidence below 0.1 nats; a
+double-precision point with derivatives is accepted on the same terms. So one
+single-precision and one double-precision factorisation usually suffice. The
+result (source, evidence, chi^2) is always that of a double-precision
+evaluation.
 """
 
 from __future__ import annotations
@@ -263,7 +265,10 @@ def invert(op: LensOperator, image: np.ndarray, sigma: Union[float, np.ndarray],
     if lam is None and n_s > _COARSE_FROM:
         # the maximum of a 2x2-binned source's evidence (cheap: a quarter of the unknowns) predicts
         # this one's to about 0.1 dex, so the search starts close and usually needs one or two steps
-        x0 = math.log(_coarse_guess(P, b, regularization, idx, op.source_grid.n))
+        try:
+            x0 = math.log(_coarse_guess(P, b, regularization, idx, op.source_grid.n))
+        except NotPositiveDefiniteError as exc:  # numerically, at some tiny lam: start from the balance
+            log.debug("no start from the binned source (%s)", exc)
     timings["coarse_search"] = time.perf_counter() - t
 
     t = time.perf_counter()
