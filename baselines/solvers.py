@@ -109,6 +109,7 @@ class Factorization:
             self._q_upper = (upper.row, upper.col, upper.data)
             self._q_diag = self.Q.diagonal()
             self._single = None  # (float32 buffer, scale) on first single-precision use
+            self._upper_is_p = False  # whether the upper triangle holds a copy of P (restored, unused since)
         else:
             self.P = (sp.csc_matrix(P) if isinstance(P, np.ndarray) else P).tocsc()
             if backend == "cholmod":
@@ -135,9 +136,16 @@ class Factorization:
             scale_lower_f32(self.P, self._diag, scale, buf, math.ldexp(1e-8, _SINGLE_EXPONENT))
             rows, cols, vals = self._q_lower
             buf[rows, cols] += (lam * vals * scale[rows] * scale[cols]).astype(np.float32)
+            if not self._upper_is_p:
+                # refill the double-precision triangle now, after a Numba kernel rather than after
+                # BLAS calls: OpenBLAS's idle threads spin for ~0.1 s and slow a Numba kernel then
+                restore_upper(self.P, self._diag)
+                self._upper_is_p = True
             c, info = scipy.linalg.lapack.spotrf(buf, lower=1, overwrite_a=1, clean=0)
         else:
-            restore_upper(self.P, self._diag)
+            if not self._upper_is_p:
+                restore_upper(self.P, self._diag)
+            self._upper_is_p = False
             rows, cols, vals = self._q_upper
             self.P[rows, cols] += lam * vals
             c, info = scipy.linalg.lapack.dpotrf(self.P, lower=0, overwrite_a=1, clean=0)
