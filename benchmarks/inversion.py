@@ -16,15 +16,21 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
 import time
 
-import numpy as np
-import scipy.linalg.lapack
-import scipy.optimize
+# Before NumPy loads OpenBLAS: let its idle threads sleep at once instead of spinning for ~0.1 s
+# after each call, which takes a core from the Numba kernel of the next inversion on 2 cores
+# (see the README's timing notes). An explicit setting in the environment wins.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
-import baselines
-from lensinv.simulate import PRESETS, ObservationPreset, SimulationConfig, simulate
+import numpy as np  # noqa: E402
+import scipy.linalg.lapack  # noqa: E402
+import scipy.optimize  # noqa: E402
+
+import baselines  # noqa: E402
+from lensinv.simulate import PRESETS, ObservationPreset, SimulationConfig, simulate  # noqa: E402
 
 
 def _check_optimum(sim, form: str, m, res) -> tuple[float, float]:
@@ -92,7 +98,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--check-optimum", action="store_true", help="compare with a bounded scalar maximisation")
     args = ap.parse_args()
-    print(f"baselines: CHOLMOD {'available' if baselines.have_cholmod() else 'missing'}")
+    print(f"baselines: CHOLMOD {'available' if baselines.have_cholmod() else 'missing'}; "
+          f"OPENBLAS_THREAD_TIMEOUT={os.environ['OPENBLAS_THREAD_TIMEOUT']}")
     target = ObservationPreset(name="psf0.08", psf_fwhm=(0.08, 0.08), psf_size=9, snr=(10.0, 200.0))
     sims = [simulate(i, args.seed, SimulationConfig(preset=target)) for i in range(args.lenses)]
     for s in sims:

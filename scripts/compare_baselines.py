@@ -14,12 +14,16 @@ import argparse
 import csv
 import json
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
+# OpenBLAS's idle threads sleep at once rather than spin between inversions (README: timing notes)
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
+import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
