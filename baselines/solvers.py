@@ -273,19 +273,16 @@ class Factorization:
         else Hutchinson estimates from the ``(n, k)`` Rademacher ``probes``.
 
         With a dense factor ``G`` the estimates use ``X = G^-1 Q G^-T`` (``tr X`` and
-        ``tr X^2 = E |X z|^2``); otherwise ``A^-1 Q z`` and ``A^-1 z`` from solves.
+        ``tr X^2 = E |X z|^2``, from :meth:`newton_terms`); otherwise ``A^-1 Q z`` and
+        ``A^-1 z`` from solves.
         """
         Q = self.Q
         if probes is None:
             aq = np.asarray(self.solve(np.eye(self.n)) @ Q)  # A^-1 Q
             return float(np.trace(aq)), float(np.sum(aq * aq.T))
-        k = probes.shape[1]
         if self.backend == "dense":
-            scale = self._single[1][:, None] if self.single else 1.0
-            y = self._half_solve(probes, trans=True).astype(np.float64)
-            y = scale * (Q @ (scale * y))
-            y = self._half_solve(y, trans=False).astype(np.float64)
-            return float(np.sum(probes * y)) / k, float(np.sum(y * y)) / k
+            return self.newton_terms(np.zeros(self.n), probes)[1:3]
+        k = probes.shape[1]
         u = self.solve(np.asarray(Q @ probes))
         v = self.solve(probes)
         return float(np.sum(probes * u)) / k, float(np.sum(v * (Q @ u))) / k

@@ -305,7 +305,8 @@ def test_search_with_hutchinson_traces_finds_the_same_maximum(rng, monkeypatch):
 
 def test_newton_terms_equal_the_separate_solves(rng):
     """s, tr(A^-1 H), tr((A^-1 H)^2) and (Hs)^T A^-1 (Hs) from three triangular solves equal the
-    separate computations, in both precisions."""
+    separate computations, in both precisions: the Hutchinson estimates against X = G^-1 S H S G^-T
+    formed densely from the factor G of the scaled matrix S A S."""
     P, H = _dense_pair(rng)
     f = solvers.Factorization(np.triu(P), H, backend="dense")
     b = rng.normal(size=P.shape[0])
@@ -315,7 +316,12 @@ def test_newton_terms_equal_the_separate_solves(rng):
         s, t1, t2, u2 = f.newton_terms(b, z)
         ref_s = np.linalg.solve(P + 3.0 * H.toarray(), b)
         np.testing.assert_allclose(s, ref_s, rtol=1e-9 if not single else 1e-3, atol=1e-12)
-        r1, r2 = f.trace_terms(z)
+        G = np.tril(f._f).astype(np.float64) if single else np.triu(f._f).T
+        scale = f._single[1] if single else np.ones(P.shape[0])
+        X = np.linalg.solve(G, np.linalg.solve(G, scale[:, None] * H.toarray() * scale[None, :]).T)
+        xz = X @ z
+        r1, r2 = float(np.sum(z * xz)) / z.shape[1], float(np.sum(xz**2)) / z.shape[1]
+        assert f.trace_terms(z) == (t1, t2)
         assert (t1, t2) == (pytest.approx(r1, rel=1e-10 if not single else 1e-4),
                             pytest.approx(r2, rel=1e-10 if not single else 1e-4))
         assert u2 == pytest.approx(f.inverse_quadratic(H @ ref_s), rel=1e-8 if not single else 1e-3)
