@@ -36,6 +36,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ._validate import int_at_least
+from .io import atomic_path, atomic_write, write_text_atomic
 from .grids import ImageGrid, SourceGrid
 from .mass import SIE, ExternalShear, Lens
 from .operator import LensOperator, operator
@@ -71,21 +72,8 @@ def _lens_params(lens: Lens) -> dict[str, float]:
 
 
 def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
+    with atomic_write(path) as f:
         np.savez(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------- parts
@@ -208,7 +196,7 @@ def build_dataset(path: PathLike, n: int, seed: int, config: SimulationConfig = 
             raise ValueError(f"{parts_dir} holds an unfinished build with a different configuration; "
                              "refusing to mix them (remove it or use the original settings)")
     else:
-        _atomic_write_text(header_file, header_text)
+        write_text_atomic(header_file, header_text)
     spans = [(s, min(s + part_size, hi)) for s in range(lo, hi, part_size)]
     todo = [sp_ for sp_ in spans if not _part_path(parts_dir, sp_[0]).exists()]
     if progress and len(todo) < len(spans):
@@ -240,61 +228,58 @@ def _merge(path: Path, parts_dir: Path, spans: list[tuple[int, int]], header: di
     pre = config.preset
     m = sum(b - a for a, b in spans)
     ni, ns = pre.image_grid.n, pre.source_grid.n
-    tmp = path.with_name(path.name + ".tmp")
-    gz = dict(compression="gzip", compression_opts=1, shuffle=True)
-    with h5py.File(tmp, "w") as f:
-        f.attrs["header"] = json.dumps(header, sort_keys=True)
-        f.attrs["lensinv_format"] = FORMAT_VERSION
-        f.attrs["lensinv_version"] = _version()
-        f.attrs["config"] = config.to_json()
-        f.attrs["preset"] = pre.name
-        d_src = f.create_dataset("source", (m, ns, ns), np.float32, chunks=(1, ns, ns), **gz)
-        d_img = f.create_dataset("image", (m, ni, ni), np.float32, chunks=(1, ni, ni), **gz)
-        d_sc = {k: f.create_dataset(k, (m,), dt) for k, dt in _SCALARS.items()}
-        d_lens = {k: f.create_dataset(f"lens/{k}", (m,), np.float64) for k in _LENS_FIELDS}
-        d_psf = None
-        if pre.psf_fwhm is not None:
-            K = pre.psf_size
-            d_psf = f.create_dataset("psf", (m, K, K), np.float64, chunks=(1, K, K), **gz)
-        if header["store_operators"]:
-            d_ptr = f.create_dataset("operators/indptr", (m, ni * ni + 1), np.int64, chunks=(1, ni * ni + 1), **gz)
-            d_off = f.create_dataset("operators/offset", (m + 1,), np.int64)
-            # column indices are stored as differences within each row (first entry absolute), which gzip
-            # shrinks well; the float32 values hardly compress and are stored raw
-            d_ind = f.create_dataset("operators/indices", (0,), np.int32, maxshape=(None,), chunks=(1 << 18,), **gz)
-            d_ind.attrs["encoding"] = "row-delta"
-            d_dat = f.create_dataset("operators/data", (0,), np.float32, maxshape=(None,), chunks=(1 << 18,))
-            offset = 0
-            d_off[0] = 0
-        row = 0
-        for a, b in spans:
-            with np.load(_part_path(parts_dir, a)) as part:
-                k = b - a
-                if part["index"].shape != (k,) or part["index"][0] != a:
-                    raise ValueError(f"part {a} in {parts_dir} is inconsistent; remove it to rebuild")
-                d_src[row:row + k] = part["source"]
-                d_img[row:row + k] = part["image"]
-                for name, ds in d_sc.items():
-                    ds[row:row + k] = part[name]
-                for name, ds in d_lens.items():
-                    ds[row:row + k] = part["lens_" + name]
-                if d_psf is not None:
-                    d_psf[row:row + k] = part["psf"]
-                if header["store_operators"]:
-                    ptr = part["op_indptr"]
-                    d_ptr[row:row + k] = ptr
-                    nnz = ptr[:, -1]
-                    total = int(nnz.sum())
-                    d_ind.resize((offset + total,))
-                    d_dat.resize((offset + total,))
-                    d_ind[offset:offset + total] = _row_delta(part["op_indices"], ptr)
-                    d_dat[offset:offset + total] = part["op_data"]
-                    d_off[row + 1:row + k + 1] = offset + np.cumsum(nnz)
-                    offset += total
-                row += k
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        gz = dict(compression="gzip", compression_opts=1, shuffle=True)
+        with h5py.File(tmp, "w") as f:
+            f.attrs["header"] = json.dumps(header, sort_keys=True)
+            f.attrs["lensinv_format"] = FORMAT_VERSION
+            f.attrs["lensinv_version"] = _version()
+            f.attrs["config"] = config.to_json()
+            f.attrs["preset"] = pre.name
+            d_src = f.create_dataset("source", (m, ns, ns), np.float32, chunks=(1, ns, ns), **gz)
+            d_img = f.create_dataset("image", (m, ni, ni), np.float32, chunks=(1, ni, ni), **gz)
+            d_sc = {k: f.create_dataset(k, (m,), dt) for k, dt in _SCALARS.items()}
+            d_lens = {k: f.create_dataset(f"lens/{k}", (m,), np.float64) for k in _LENS_FIELDS}
+            d_psf = None
+            if pre.psf_fwhm is not None:
+                K = pre.psf_size
+                d_psf = f.create_dataset("psf", (m, K, K), np.float64, chunks=(1, K, K), **gz)
+            if header["store_operators"]:
+                d_ptr = f.create_dataset("operators/indptr", (m, ni * ni + 1), np.int64, chunks=(1, ni * ni + 1), **gz)
+                d_off = f.create_dataset("operators/offset", (m + 1,), np.int64)
+                # column indices are stored as differences within each row (first entry absolute), which gzip
+                # shrinks well; the float32 values hardly compress and are stored raw
+                d_ind = f.create_dataset("operators/indices", (0,), np.int32, maxshape=(None,), chunks=(1 << 18,), **gz)
+                d_ind.attrs["encoding"] = "row-delta"
+                d_dat = f.create_dataset("operators/data", (0,), np.float32, maxshape=(None,), chunks=(1 << 18,))
+                offset = 0
+                d_off[0] = 0
+            row = 0
+            for a, b in spans:
+                with np.load(_part_path(parts_dir, a)) as part:
+                    k = b - a
+                    if part["index"].shape != (k,) or part["index"][0] != a:
+                        raise ValueError(f"part {a} in {parts_dir} is inconsistent; remove it to rebuild")
+                    d_src[row:row + k] = part["source"]
+                    d_img[row:row + k] = part["image"]
+                    for name, ds in d_sc.items():
+                        ds[row:row + k] = part[name]
+                    for name, ds in d_lens.items():
+                        ds[row:row + k] = part["lens_" + name]
+                    if d_psf is not None:
+                        d_psf[row:row + k] = part["psf"]
+                    if header["store_operators"]:
+                        ptr = part["op_indptr"]
+                        d_ptr[row:row + k] = ptr
+                        nnz = ptr[:, -1]
+                        total = int(nnz.sum())
+                        d_ind.resize((offset + total,))
+                        d_dat.resize((offset + total,))
+                        d_ind[offset:offset + total] = _row_delta(part["op_indices"], ptr)
+                        d_dat[offset:offset + total] = part["op_data"]
+                        d_off[row + 1:row + k + 1] = offset + np.cumsum(nnz)
+                        offset += total
+                    row += k
 
 
 def _row_delta(indices: np.ndarray, indptrs: np.ndarray) -> np.ndarray:

@@ -16,6 +16,7 @@ import numpy as np
 from scipy.special import erf
 
 from ._validate import int_at_least, positive_float
+from .io import read_fits_image
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ def psf_from_fits(path: str | os.PathLike, hdu: int | str | None = None, clip_ne
     Parameters
     ----------
     path : str or PathLike
-        FITS file.
+        FITS file, optionally ``file.fits[EXT]``.
     hdu : int or str, optional
         HDU index or name; default is the first HDU holding a 2-D image.
     clip_negative : bool
@@ -133,21 +134,7 @@ def psf_from_fits(path: str | os.PathLike, hdu: int | str | None = None, clip_ne
     ndarray
         The kernel, float64, summing to 1. Its pixels must match the image grid's.
     """
-    from astropy.io import fits
-
-    if not os.path.isfile(path):
-        raise ValueError(f"PSF file {os.fspath(path)!r} does not exist")
-    try:
-        with fits.open(path) as hdul:
-            if hdu is not None:
-                data = hdul[hdu].data
-            else:
-                data = next((h.data for h in hdul if h.data is not None and np.ndim(h.data) == 2), None)
-            if data is None:
-                raise ValueError(f"PSF file {os.fspath(path)!r} has no 2-D image HDU")
-            data = np.array(data, dtype=np.float64)
-    except OSError as exc:
-        raise ValueError(f"PSF file {os.fspath(path)!r} is not a readable FITS file: {exc}") from exc
+    data = read_fits_image(path, hdu, name="PSF").data
     if clip_negative and np.all(np.isfinite(data)) and np.any(data < 0):
         neg = -data[data < 0].sum() / max(np.abs(data).sum(), np.finfo(float).tiny)
         log.warning("PSF %s: clipping negative pixels (%.3g of |flux|) to zero", os.fspath(path), neg)

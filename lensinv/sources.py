@@ -26,6 +26,7 @@ import numpy as np
 
 from ._validate import finite_float
 from .grids import SourceGrid
+from .io import read_fits_image
 
 log = logging.getLogger(__name__)
 
@@ -235,15 +236,7 @@ def _read_image(path: Path) -> np.ndarray:
     suffix = path.suffix.lower()
     try:
         if suffix in (".fits", ".fit", ".fts"):
-            from astropy.io import fits
-
-            with fits.open(path) as hdul:
-                data = next((h.data for h in hdul if h.data is not None and np.ndim(h.data) >= 2), None)
-            if data is None:
-                raise ValueError(f"{path}: no image HDU")
-            img = np.asarray(data, dtype=np.float64)
-            while img.ndim > 2:  # a cube of bands: sum them
-                img = img.sum(axis=0)
+            img = read_fits_image(path, name="galaxy image", allow_cube=True).data
         else:
             import matplotlib.image as mpimg
 

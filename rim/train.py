@@ -23,6 +23,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from lensinv.io import atomic_path
+
 from .data import FileDataset, StepBatches, StreamDataset, collate, to_device
 from .model import RIM, RIMConfig
 
@@ -114,11 +116,8 @@ def save_checkpoint(path: Path, model: RIM, optimizer, scheduler, step: int, con
 
 def _atomic_torch_save(obj: dict, path: Path) -> None:
     """torch.save to a temporary file, fsync, then rename: a reader never sees a partial file."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def load_checkpoint(path: Path) -> dict:

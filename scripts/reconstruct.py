@@ -26,6 +26,7 @@ import numpy as np  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
 import lensinv  # noqa: E402
+from lensinv.io import read_fits_image  # noqa: E402
 
 LENS_KEYS = ("theta_E", "q", "phi", "gamma", "gamma_phi", "center_x", "center_y")
 
@@ -47,21 +48,6 @@ def parse_lens(text: str) -> lensinv.Lens:
         raise ValueError("--lens needs theta_E")
     return lensinv.Lens(lensinv.SIE(values["theta_E"], values["q"], values["phi"], (values["center_x"], values["center_y"])),
                         lensinv.ExternalShear(values["gamma"], values["gamma_phi"]))
-
-
-def read_fits_image(path: Path) -> tuple[np.ndarray, object]:
-    from astropy.io import fits
-
-    if not path.is_file():
-        raise ValueError(f"{path} does not exist")
-    try:
-        with fits.open(path) as hdul:
-            hdu = next((h for h in hdul if h.data is not None and np.ndim(h.data) == 2), None)
-            if hdu is None:
-                raise ValueError(f"{path} has no 2-D image HDU")
-            return np.array(hdu.data, dtype=np.float64), hdu.header.copy()
-    except OSError as exc:
-        raise ValueError(f"{path} is not a readable FITS file: {exc}") from exc
 
 
 def pixel_scale_from_header(header) -> float | None:
@@ -130,14 +116,15 @@ def run(args) -> int:
     from astropy.io import fits
 
     lens = parse_lens(args.lens)
-    image, header = read_fits_image(args.image)
+    fi = read_fits_image(args.image, name="--image")
+    image, header = fi.data, fi.header
     if not np.all(np.isfinite(image)):
         raise ValueError(f"{args.image} contains NaN or inf pixels")
     scale = args.pixel_scale or pixel_scale_from_header(header)
     if scale is None or not scale > 0:
         raise ValueError("no pixel scale: the FITS header has no celestial WCS or PIXSCALE; pass --pixel-scale")
     if args.noise is not None:
-        sigma, _ = read_fits_image(args.noise)
+        sigma = read_fits_image(args.noise, name="--noise").data
         if sigma.shape != image.shape:
             raise ValueError(f"noise map shape {sigma.shape} differs from the image's {image.shape}")
     else:
@@ -146,7 +133,7 @@ def run(args) -> int:
         sigma = np.full(image.shape, args.sigma)
     kernel = None
     if args.psf is not None:
-        kernel = lensinv.validate_kernel(read_fits_image(args.psf)[0])
+        kernel = lensinv.validate_kernel(read_fits_image(args.psf, name="--psf").data)
     source_grid = lensinv.SourceGrid(args.source_n, args.source_fov)
 
     if args.method == "rim":
