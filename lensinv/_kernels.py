@@ -1,12 +1,9 @@
 """Numba kernels: deflection angles, the lensing matrix L and the PSF matrix F.
 
-Lens components are packed into a float64 table, one row per component
-(see :func:`lensinv.mass.Lens.packed`), so a single compiled kernel serves any
-combination of components:
-
-- SIE:   ``[0, b, q, cos phi, sin phi, x_c, y_c, sqrt(1 - q^2)]`` with
-  ``b = theta_E sqrt(q)``;
-- shear: ``[1, gamma1, gamma2, 0, 0, 0, 0, 0]``.
+A lens reaches the kernels as ``(fns, params)`` (see :attr:`lensinv.Lens.kernel_args`): a tuple
+of its components' profile kernels, called through function pointers, and their float64
+parameter rows. So one compiled kernel serves any combination of registered mass profiles, and
+a new profile needs no change here.
 
 Everything is float64. The operator kernels write CSR arrays directly
 (row counts, prefix sum, fill), never a COO intermediate.
@@ -19,72 +16,30 @@ import math
 import numba as nb
 import numpy as np
 
-from ._vmath import JIT, _bits, _from_bits, atan_ratio, atanh_ratio
+from ._vmath import JIT
 
-SIE_ROW = 0.0
-SHEAR_ROW = 1.0
-N_PACKED = 8
 # Largest source-plane bounding box (cells) for the dense accumulator;
 # pixels whose rays spread wider (e.g. near an SIE centre) use the sort path.
 _MAX_BOX = 256
 
 
 @nb.njit(**JIT)
-def deflect_into(x, y, comps, ax, ay):
+def deflect_into(x, y, fns, params, ax, ay):
     """Add the deflection of every component at ``(x, y)`` (flat arrays, arcsec) to ``ax, ay``.
 
-    The loop over rays is innermost and branch-free so that it vectorises.
+    ``fns[c]`` is component ``c``'s profile kernel (``lensinv.mass.DEFLECTION_SIGNATURE``) and
+    ``params[c]`` its parameter row; each kernel loops over the rays itself (vectorised), so the
+    call through a function pointer costs nothing per ray.
     """
-    n = x.shape[0]
-    for c in range(comps.shape[0]):
-        if comps[c, 0] == SIE_ROW:
-            b = comps[c, 1]
-            q = comps[c, 2]
-            cp = comps[c, 3]
-            sp = comps[c, 4]
-            xc = comps[c, 5]
-            yc = comps[c, 6]
-            e = comps[c, 7]
-            q2 = q * q
-            if e > 0.0:
-                be = b / e
-                for r in range(n):
-                    dx = x[r] - xc
-                    dy = y[r] - yc
-                    xp = cp * dx + sp * dy
-                    yp = cp * dy - sp * dx
-                    psi = math.sqrt(q2 * xp * xp + yp * yp)
-                    # the SIE deflection depends on direction only: rescale by a power of two so psi is in [1, 2)
-                    scale = _from_bits((2046 - ((_bits(psi) >> 52) & 0x7FF)) << 52)
-                    ps = psi * scale
-                    ex = e * xp * scale
-                    ey = e * yp * scale
-                    centre = psi == 0.0  # a ray through the centre: no deflection
-                    axp = 0.0 if centre else be * atan_ratio(ex, ps)
-                    ayp = 0.0 if centre else be * atanh_ratio(ey, ps)
-                    ax[r] += cp * axp - sp * ayp
-                    ay[r] += sp * axp + cp * ayp
-            else:  # q == 1: the SIS limit, exact
-                for r in range(n):
-                    dx = x[r] - xc
-                    dy = y[r] - yc
-                    rad = math.sqrt(dx * dx + dy * dy)
-                    inv = b / rad if rad > 0.0 else 0.0
-                    ax[r] += dx * inv
-                    ay[r] += dy * inv
-        else:  # external shear
-            g1 = comps[c, 1]
-            g2 = comps[c, 2]
-            for r in range(n):
-                ax[r] += g1 * x[r] + g2 * y[r]
-                ay[r] += g2 * x[r] - g1 * y[r]
+    for c in range(len(fns)):
+        fns[c](x, y, params[c], ax, ay)
 
 
 _CHUNK = 4096
 
 
 @nb.njit(parallel=True, **JIT)
-def deflection_kernel(x, y, comps):
+def deflection_kernel(x, y, fns, params):
     """Deflection ``(alpha_x, alpha_y)`` at flat float64 arrays ``x, y`` (arcsec)."""
     n = x.shape[0]
     ax = np.zeros(n)
@@ -93,12 +48,12 @@ def deflection_kernel(x, y, comps):
     for c in nb.prange(nchunk):
         lo = c * _CHUNK
         hi = min(n, lo + _CHUNK)
-        deflect_into(x[lo:hi], y[lo:hi], comps, ax[lo:hi], ay[lo:hi])
+        deflect_into(x[lo:hi], y[lo:hi], fns, params, ax[lo:hi], ay[lo:hi])
     return ax, ay
 
 
 @nb.njit(**JIT)
-def _trace_pixels(i, j_lo, j_hi, n_img, d_img, d_src, n_src, ss, comps, fx, fy, cell_i, cell_j):
+def _trace_pixels(i, j_lo, j_hi, n_img, d_img, d_src, n_src, ss, fns, params, fx, fy, cell_i, cell_j):
     """Ray trace the sub-pixels of pixels ``(i, j_lo:j_hi)``.
 
     On return ``fx, fy`` hold the bilinear weights' fractional parts and
@@ -120,7 +75,7 @@ def _trace_pixels(i, j_lo, j_hi, n_img, d_img, d_src, n_src, ss, comps, fx, fy, 
             for b in range(ss):
                 fx[base + b] = (j - half_i + (b + 0.5) / ss - 0.5) * d_img
                 fy[base + b] = y
-    deflect_into(fx[:m], fy[:m], comps, ax, ay)
+    deflect_into(fx[:m], fy[:m], fns, params, ax, ay)
     inv = 1.0 / d_src
     top = float(n_src)
     for r in range(m):
@@ -228,7 +183,7 @@ _ROW_SLOT = 16  # average entries per pixel reserved for each row of the image
 
 
 @nb.njit(parallel=True, **JIT)
-def lensing_csr_kernel(n_img, d_img, n_src, d_src, ss, comps):
+def lensing_csr_kernel(n_img, d_img, n_src, d_src, ss, fns, params):
     """CSR arrays ``(indptr, indices, data)`` of the lensing matrix L.
 
     Image pixel ``(i, j)`` is split into ``ss x ss`` sub-pixels at offsets
@@ -257,7 +212,7 @@ def lensing_csr_kernel(n_img, d_img, n_src, d_src, ss, comps):
         box = np.empty(_MAX_BOX)
         sc_cols = np.empty(cap, dtype=np.int32)
         sc_vals = np.empty(cap)
-        _trace_pixels(i, 0, n_img, n_img, d_img, d_src, n_src, ss, comps, fx, fy, ci, cj)
+        _trace_pixels(i, 0, n_img, n_img, d_img, d_src, n_src, ss, fns, params, fx, fy, ci, cj)
         used = 0
         for j in range(n_img):
             c = _pixel_entries(fx, fy, ci, cj, j * nray, nray, n_src, scale, box, sc_cols, sc_vals,
@@ -283,7 +238,7 @@ def lensing_csr_kernel(n_img, d_img, n_src, d_src, ss, comps):
             box = np.empty(_MAX_BOX)
             sc_cols = np.empty(cap, dtype=np.int32)
             sc_vals = np.empty(cap)
-            _trace_pixels(i, 0, n_img, n_img, d_img, d_src, n_src, ss, comps, fx, fy, ci, cj)
+            _trace_pixels(i, 0, n_img, n_img, d_img, d_src, n_src, ss, fns, params, fx, fy, ci, cj)
             for j in range(n_img):
                 k = i * n_img + j
                 _pixel_entries(fx, fy, ci, cj, j * nray, nray, n_src, scale, box, sc_cols, sc_vals,

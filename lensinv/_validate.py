@@ -8,7 +8,12 @@ import numpy as np
 
 
 def finite_float(name: str, value: float) -> float:
-    """Return ``value`` as a float, or raise ``ValueError`` if it is not a finite number."""
+    """Return ``value`` as a float, or raise ``ValueError`` if it is not a finite real number.
+
+    Booleans and strings are refused (``float(True)`` and ``float("1")`` would pass silently).
+    """
+    if isinstance(value, (bool, np.bool_, str, bytes)):
+        raise ValueError(f"{name} must be a real number, got {value!r}")
     try:
         out = float(value)
     except (TypeError, ValueError):

@@ -6,7 +6,9 @@ Layout of a file (all per-lens arrays have the lens axis first)::
     /source            (n, ns, ns)     float32, peak 1
     /image             (n, ni, ni)     float32, F L s + noise
     /sigma /snr /psf_fwhm /magnification   (n,) float64;  /tries (n,) int32
-    /lens/{theta_E, q, phi, center_x, center_y, gamma, gamma_phi}   (n,) float64
+    /lens/records      (n,) UTF-8 JSON strings: the lens as [[profile name, {parameter: value}], ...]
+                       (any registered mass profile; format 1 files stored SIE + shear as
+                       /lens/{theta_E, q, phi, center_x, center_y, gamma, gamma_phi} and still read)
     /psf               (n, K, K)       float64   [presets with a PSF]
     /operators/{indptr (n, ni^2+1) int64, offset (n+1,) int64, indices int32, data float32}
                                        F L in CSR, concatenated   [--store-operators]
@@ -44,8 +46,9 @@ from .simulate import SimulationConfig, simulate
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-_LENS_FIELDS = ("theta_E", "q", "phi", "center_x", "center_y", "gamma", "gamma_phi")
+FORMAT_VERSION = 2
+_READABLE_FORMATS = (1, 2)
+_LEGACY_LENS_FIELDS = ("theta_E", "q", "phi", "center_x", "center_y", "gamma", "gamma_phi")  # format 1
 _SCALARS = {"sigma": np.float64, "snr": np.float64, "psf_fwhm": np.float64, "magnification": np.float64,
             "tries": np.int32, "index": np.int64}
 PathLike = Union[str, os.PathLike]
@@ -65,10 +68,22 @@ def shard_range(n: int, shard: tuple[int, int]) -> tuple[int, int]:
     return n * i // k, n * (i + 1) // k
 
 
-def _lens_params(lens: Lens) -> dict[str, float]:
-    sie, shear = lens.components
-    return {"theta_E": sie.theta_E, "q": sie.q, "phi": sie.phi, "center_x": sie.center[0],
-            "center_y": sie.center[1], "gamma": shear.gamma, "gamma_phi": shear.phi}
+def _lens_json(lens: Lens) -> str:
+    """The lens as stored: JSON of ``[[profile name, {parameter: value}], ...]``."""
+    return json.dumps(lens.to_records(), sort_keys=True)
+
+
+def _lens_from_json(text: Union[str, bytes]) -> Lens:
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")
+    return Lens.from_records(json.loads(text))
+
+
+def _legacy_lens(f, j: int) -> Lens:
+    """A format-1 file's SIE + external shear."""
+    lp = {name: float(f[f"lens/{name}"][j]) for name in _LEGACY_LENS_FIELDS}
+    return Lens(SIE(lp["theta_E"], lp["q"], lp["phi"], (lp["center_x"], lp["center_y"])),
+                ExternalShear(lp["gamma"], lp["gamma_phi"]))
 
 
 def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -102,8 +117,7 @@ def _build_part(span: tuple[int, int]) -> int:
     }
     for name, dtype in _SCALARS.items():
         arrays[name] = np.array([getattr(s, name) for s in sims], dtype=dtype)
-    for name in _LENS_FIELDS:
-        arrays["lens_" + name] = np.array([_lens_params(s.lens)[name] for s in sims])
+    arrays["lens_records"] = np.array([_lens_json(s.lens) for s in sims])  # unicode, no pickling
     if sims[0].psf is not None:
         arrays["psf"] = np.stack([s.psf for s in sims])
     if store:
@@ -239,7 +253,7 @@ def _merge(path: Path, parts_dir: Path, spans: list[tuple[int, int]], header: di
             d_src = f.create_dataset("source", (m, ns, ns), np.float32, chunks=(1, ns, ns), **gz)
             d_img = f.create_dataset("image", (m, ni, ni), np.float32, chunks=(1, ni, ni), **gz)
             d_sc = {k: f.create_dataset(k, (m,), dt) for k, dt in _SCALARS.items()}
-            d_lens = {k: f.create_dataset(f"lens/{k}", (m,), np.float64) for k in _LENS_FIELDS}
+            d_lens = f.create_dataset("lens/records", (m,), h5py.string_dtype())
             d_psf = None
             if pre.psf_fwhm is not None:
                 K = pre.psf_size
@@ -264,8 +278,7 @@ def _merge(path: Path, parts_dir: Path, spans: list[tuple[int, int]], header: di
                     d_img[row:row + k] = part["image"]
                     for name, ds in d_sc.items():
                         ds[row:row + k] = part[name]
-                    for name, ds in d_lens.items():
-                        ds[row:row + k] = part["lens_" + name]
+                    d_lens[row:row + k] = part["lens_records"].tolist()
                     if d_psf is not None:
                         d_psf[row:row + k] = part["psf"]
                     if header["store_operators"]:
@@ -345,8 +358,9 @@ class Example:
         return operator(self.lens, self.image_grid, self.source_grid, psf=self.psf, supersample=self.supersample)
 
 
-_REQUIRED = ("index", "source", "image", "sigma", "snr", "psf_fwhm", "magnification", "tries",
-             *(f"lens/{k}" for k in _LENS_FIELDS))
+_REQUIRED_COMMON = ("index", "source", "image", "sigma", "snr", "psf_fwhm", "magnification", "tries")
+_REQUIRED = {1: (*_REQUIRED_COMMON, *(f"lens/{k}" for k in _LEGACY_LENS_FIELDS)),
+             2: (*_REQUIRED_COMMON, "lens/records")}
 
 
 class LensDataset:
@@ -380,13 +394,15 @@ class LensDataset:
                 raise ValueError(f"data set file {p} does not exist")
             try:
                 with h5py.File(p, "r") as f:
-                    if "header" not in f.attrs or f.attrs.get("lensinv_format") != FORMAT_VERSION:
-                        raise ValueError(f"{p} is not a lensinv data set (format {FORMAT_VERSION})")
-                    missing = [k for k in _REQUIRED if k not in f]
+                    version = f.attrs.get("lensinv_format")
+                    if "header" not in f.attrs or version not in _READABLE_FORMATS:
+                        raise ValueError(f"{p} is not a lensinv data set (formats {_READABLE_FORMATS})")
+                    required = _REQUIRED[int(version)]
+                    missing = [k for k in required if k not in f]
                     if missing:
                         raise ValueError(f"{p} is incomplete: missing {', '.join(missing)}")
                     n = f["index"].shape[0]
-                    bad = [k for k in _REQUIRED if f[k].shape[0] != n]
+                    bad = [k for k in required if f[k].shape[0] != n]
                     if bad:
                         raise ValueError(f"{p} is inconsistent: {', '.join(bad)} do not have {n} entries")
                     header = json.loads(f.attrs["header"])
@@ -440,9 +456,7 @@ class LensDataset:
         k = int(np.searchsorted(self._starts, i, side="right") - 1)
         j = int(i - self._starts[k])
         f = self._file(k)
-        lp = {name: float(f[f"lens/{name}"][j]) for name in _LENS_FIELDS}
-        lens = Lens(SIE(lp["theta_E"], lp["q"], lp["phi"], (lp["center_x"], lp["center_y"])),
-                    ExternalShear(lp["gamma"], lp["gamma_phi"]))
+        lens = _lens_from_json(f["lens/records"][j]) if "lens/records" in f else _legacy_lens(f, j)
         matrix = None
         if self.has_operators:
             indptr = f["operators/indptr"][j]

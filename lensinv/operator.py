@@ -50,7 +50,7 @@ def lensing_matrix(lens: Lens, image_grid: ImageGrid, source_grid: SourceGrid,
         raise ValueError(f"lens must be a lensinv.Lens, got {type(lens).__name__}")
     ss = int_at_least("supersample", supersample, 1)
     arrays = _kernels.lensing_csr_kernel(image_grid.n, image_grid.delta, source_grid.n, source_grid.delta, ss,
-                                         lens.packed)
+                                         *lens.kernel_args)
     return _csr(arrays, (image_grid.size, source_grid.size))
 
 

@@ -1,5 +1,6 @@
 """Mass models: conventions, analytic checks and lenstronomy cross-checks."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -123,7 +124,7 @@ def test_lenstronomy_round_trip(rng):
     back = Lens.from_lenstronomy(models, kwargs)
     for c0, c1 in zip(lens.components, back.components):
         assert type(c0) is type(c1)
-        for f in c0.__dataclass_fields__:
+        for f in (fld.name for fld in dataclasses.fields(c0)):
             a, b = np.ravel(getattr(c1, f)), np.ravel(getattr(c0, f))
             if f == "phi":  # orientations are defined modulo pi
                 a, b = np.exp(2j * a), np.exp(2j * b)
