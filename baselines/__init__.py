@@ -1,15 +1,23 @@
 """baselines: regularized semilinear inversion (Warren & Dye 2003) with the regularization
 strength set by the Bayesian evidence (Suyu et al. 2006).
 
-Imports :mod:`lensinv` only.
+Imports :mod:`lensinv` only. Any observation operator works (DESIGN.md).
 
 >>> result = baselines.invert(op, image, sigma)            # lam by maximum evidence
 >>> result.source, result.lam, result.log_evidence, result.chi2
+
+The pieces ``invert`` composes are public too: :func:`normal_equations`,
+:func:`restricted_prior`, :func:`search_evidence`; and regularizations are small classes
+(:class:`Regularization`), so a new form is one class.
 """
 
+from .evidence import EvidenceSearch, Prior, restricted_prior, search_evidence
 from .inversion import InversionResult, invert
 from .masks import arc_mask
-from .regularization import FORMS, regularization_matrix
+from .normal_equations import NormalEquations, normal_equations
+from .regularization import FORMS, Curvature, Gradient, Regularization, Zeroth, regularization_matrix
 from .solvers import NotPositiveDefiniteError, have_cholmod
 
-__all__ = ["FORMS", "InversionResult", "arc_mask", "NotPositiveDefiniteError", "have_cholmod", "invert", "regularization_matrix"]
+__all__ = ["Curvature", "EvidenceSearch", "FORMS", "Gradient", "InversionResult", "NormalEquations",
+           "NotPositiveDefiniteError", "Prior", "Regularization", "Zeroth", "arc_mask", "have_cholmod", "invert",
+           "normal_equations", "regularization_matrix", "restricted_prior", "search_evidence"]

@@ -51,7 +51,12 @@ def lensing_matrix(lens: Lens, image_grid: ImageGrid, source_grid: SourceGrid,
     ss = int_at_least("supersample", supersample, 1)
     arrays = _kernels.lensing_csr_kernel(image_grid.n, image_grid.delta, source_grid.n, source_grid.delta, ss,
                                          *lens.kernel_args)
-    return _csr(arrays, (image_grid.size, source_grid.size))
+    L = _csr(arrays, (image_grid.size, source_grid.size))
+    if L.nnz == 0:
+        raise ValueError(f"no ray from the image grid ({image_grid.n} x {image_grid.pixel_scale:g} arcsec) lands on the "
+                         f"source grid ({source_grid.fov:g} arcsec across) through {lens!r}: the operator would map "
+                         "nothing; check the lens parameters (arcsec) or enlarge the source grid")
+    return L
 
 
 def psf_matrix(kernel: np.ndarray, image_grid: ImageGrid) -> sp.csr_matrix:
@@ -96,10 +101,12 @@ class LensOperator:
     Notes
     -----
     ``F``, ``matrix`` and ``matrix_t`` are formed on first access and then
-    kept. Until ``matrix`` exists, :meth:`apply` and :meth:`adjoint` blur with
-    an FFT convolution of the same kernel (the same linear map up to rounding,
-    about 1e-16 relative), which is much cheaper for a few products with a
-    wide PSF, as when simulating.
+    kept. :meth:`apply` and :meth:`adjoint` never use them: they apply ``L``
+    and blur with an FFT convolution of the same kernel (the same linear map
+    up to rounding, about 1e-16 relative), which is cheaper than the product
+    with ``F L`` and gives the same bits whether or not ``matrix`` was formed.
+    It follows the observation-operator protocol
+    (:class:`lensinv.ObservationOperator`), including ``normal_matrix``.
     """
 
     L: sp.csr_matrix
@@ -142,20 +149,41 @@ class LensOperator:
         has the same layout on the image grid.
         """
         flat, was_2d = pixel_array("source", source, self.source_grid.n)
-        if self.psf is None or "matrix" in self.__dict__:
-            out = self.matrix @ flat
-        else:
-            out = self._blur(self.L @ flat, self.psf)
+        out = self.L @ flat
+        if self.psf is not None:
+            out = self._blur(out, self.psf)
         return out.reshape(self.image_grid.shape) if was_2d else out
 
     def adjoint(self, image: np.ndarray) -> np.ndarray:
         """Exact transpose product ``(F L)^T d``; flat or 2-D as given."""
         flat, was_2d = pixel_array("image", image, self.image_grid.n)
-        if self.psf is None or "matrix" in self.__dict__:
-            out = self.matrix_t @ flat
-        else:  # F^T is the convolution with the flipped kernel
-            out = self.L.T @ self._blur(flat, self.psf[::-1, ::-1])
+        if self.psf is not None:  # F^T is the convolution with the flipped kernel
+            flat = self._blur(flat, self.psf[::-1, ::-1])
+        out = self.L.T @ flat
         return out.reshape(self.source_grid.shape) if was_2d else out
+
+    def normal_matrix(self, weights: np.ndarray, unknowns: Optional[np.ndarray] = None,
+                      dense: bool = True) -> "np.ndarray | sp.csr_matrix":
+        """``(F L)^T diag(w) (F L)`` restricted to the source pixels ``unknowns``.
+
+        Parameters
+        ----------
+        weights : ndarray
+            ``(n_img^2,)`` or ``(n_img, n_img)`` non-negative weights per image pixel (``1/sigma^2``
+            in inverse squared image units; 0 leaves a pixel out, e.g. masked).
+        unknowns : ndarray of int, optional
+            Sorted flat source-pixel indices (default: all).
+        dense : bool
+            True: a C-ordered dense array whose upper triangle (``j >= i``) holds the matrix (strict
+            lower triangle zero); with a PSF it is formed as ``L^T (F^T W F) L`` without ever forming
+            ``F L``. False: a symmetric CSR matrix (from ``matrix``).
+        """
+        from .normal import lens_psf_normal_matrix, sparse_normal_matrix
+
+        w = np.asarray(weights, dtype=np.float64).reshape(-1)
+        if dense and self.psf is not None:
+            return lens_psf_normal_matrix(self.L, self.psf, self.image_grid.n, self.source_grid.n, w, unknowns)
+        return sparse_normal_matrix(self.matrix, w, unknowns, dense=dense)
 
     def to_torch(self, device: Any = None, dtype: "Optional[torch.dtype]" = None) -> "TorchOperator":
         """The operator as torch sparse CSR tensors (``matrix`` and its transpose).

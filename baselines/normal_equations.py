@@ -1,0 +1,274 @@
+"""The normal equations of a linear observation: ``P t = b`` over the unknown source pixels.
+
+For data ``d``, weights ``W = C^-1 = diag(1/sigma^2)`` on the used data, an operator ``M`` and an
+optional prior mean ``s0`` (the source is ``s = s0 + t``), they are
+
+    P = Re(M^H W M),     b = Re(M^H W (d - M s0)),
+
+restricted to the source pixels that some used datum depends on (the unknowns; the others stay at
+``s0``, zero by default). Any observation operator works (DESIGN.md): ``normal_matrix`` is used
+where the operator offers it (``LensOperator``: ``L^T (F^T W F) L``), else its ``matrix``.
+
+Everything is in normalised units: data, sigma and sources are divided by ``unit``, a power of two
+near the median sigma, so the matrices are well scaled whatever the data's units (the results
+are the same to rounding: powers of two scale exactly).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Union
+
+import numpy as np
+import scipy.sparse as sp
+
+from lensinv.protocol import check_operator, explicit_matrix
+
+from .solvers import choose_backend
+
+
+@dataclass(frozen=True, eq=False)
+class NormalEquations:
+    """``P t = b`` (see the module docstring), in units of ``unit``.
+
+    Attributes
+    ----------
+    P : ndarray or scipy.sparse.csr_matrix
+        ``n x n`` over the unknowns: dense with (at least) its upper triangle filled, or sparse.
+    b : ndarray
+        ``(n,)``.
+    unknowns : ndarray of int
+        Flat source-pixel indices solved for (sorted).
+    source_n : int
+        Source grid side (pixels).
+    n_data : int
+        Real data values used (a complex visibility counts twice).
+    log_norm : float
+        ``-n_data log(2 pi) / 2 - sum log sigma`` over the used data, in the data's own units.
+    unit : float
+        Data (and source) unit of the normalised quantities.
+    backend : str
+        Factorisation backend chosen for ``P`` (``"dense"``, ``"cholmod"``, ``"splu"``).
+    misfit : callable
+        ``chi2`` (normalised units are unit-free here) of a correction ``t`` over the unknowns.
+    prior_mean : ndarray or None
+        ``s0`` over the whole source grid (flat, normalised), or None for zero.
+    seconds : float
+    """
+
+    P: Union[np.ndarray, sp.csr_matrix]
+    b: np.ndarray
+    unknowns: np.ndarray
+    source_n: int
+    n_data: int
+    log_norm: float
+    unit: float
+    backend: str
+    misfit: Callable[[np.ndarray], float] = field(repr=False)
+    prior_mean: Optional[np.ndarray] = None
+    seconds: float = 0.0
+
+    @property
+    def n(self) -> int:
+        return int(self.unknowns.size)
+
+    def full_source(self, t: np.ndarray) -> np.ndarray:
+        """``s0 + t`` on the whole source grid (flat, normalised units)."""
+        s = np.zeros(self.source_n**2) if self.prior_mean is None else self.prior_mean.copy()
+        s[self.unknowns] += t
+        return s
+
+
+def _flat_data(op: Any, data: Any, name: str) -> np.ndarray:
+    n_data = int(op.shape[0])
+    raw = np.asarray(data)
+    if raw.dtype.kind not in "biufc":
+        raise ValueError(f"{name} must be an array of numbers, got dtype {raw.dtype}")
+    if raw.size != n_data:
+        if hasattr(op, "image_grid") and raw.ndim == 2:
+            n = op.image_grid.n
+            raise ValueError(f"{name} must have shape ({n}, {n}) to match the operator, got {raw.shape}")
+        raise ValueError(f"{name} must have {n_data} elements to match the operator, got shape {raw.shape}")
+    d = raw.reshape(-1).astype(np.complex128 if np.iscomplexobj(raw) else np.float64, copy=False)
+    if not np.all(np.isfinite(d)):
+        raise ValueError(f"{name} contains NaN or inf values")
+    return d
+
+
+def check_observation(op: Any, data: Any, sigma: Any, mask: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Validate and flatten ``(data, sigma, mask)`` for ``op``: returns ``d``, ``sigma`` and the used-data mask."""
+    check_operator(op)
+    d = _flat_data(op, data, "image")
+    sig_raw = np.asarray(sigma)
+    if sig_raw.dtype.kind not in "biuf":
+        raise ValueError(f"sigma must be a real number or a real array, got dtype {sig_raw.dtype}")
+    sig = sig_raw.astype(np.float64)
+    if sig.ndim == 0:
+        if not math.isfinite(float(sig)) or sig <= 0:
+            raise ValueError(f"sigma must be a finite number > 0, got {float(sig)!r}")
+        sig = np.full(d.size, float(sig))
+    else:
+        if sig.size != d.size:
+            raise ValueError(f"sigma map must have the data's shape {np.shape(data)}, got {sig.shape}")
+        sig = sig.reshape(-1)
+    if mask is None:
+        use = np.ones(d.size, dtype=bool)
+    else:
+        m = np.asarray(mask)
+        if m.dtype != bool:
+            raise ValueError(f"mask must be a boolean array, got dtype {m.dtype}")
+        if m.size != d.size:
+            raise ValueError(f"mask must have the data's shape {np.shape(data)}, got {m.shape}")
+        use = m.reshape(-1)
+    if not use.any():
+        raise ValueError("mask leaves no image pixels (data) to fit")
+    s_used = sig[use]
+    if not np.all(np.isfinite(s_used)) or np.any(s_used <= 0):
+        raise ValueError("sigma must be finite and > 0 on every used pixel")
+    return d, sig, use
+
+
+def _power_of_two_near(x: float) -> float:
+    return math.ldexp(1.0, int(round(math.log2(x))))
+
+
+def _check_prior_mean(op: Any, prior_mean: Any) -> Optional[np.ndarray]:
+    if prior_mean is None:
+        return None
+    n = op.source_grid.n
+    raw = np.asarray(prior_mean)
+    if raw.dtype.kind not in "biuf":
+        raise ValueError(f"prior_mean must be a real source array, got dtype {raw.dtype}")
+    s0 = raw.astype(np.float64)
+    if s0.shape not in ((n, n), (n * n,)):
+        raise ValueError(f"prior_mean must have shape ({n}, {n}) or ({n * n},), got {s0.shape}")
+    if not np.all(np.isfinite(s0)):
+        raise ValueError("prior_mean contains NaN or inf values")
+    return s0.reshape(-1)
+
+
+def normal_equations(op: Any, data: Any, sigma: Any, mask: Any = None, *, prior_mean: Any = None,
+                     backend: str = "auto") -> NormalEquations:
+    """Form the normal equations of an observation (see the module docstring).
+
+    Parameters
+    ----------
+    op : observation operator
+        ``lensinv.LensOperator`` or anything following the protocol in DESIGN.md.
+    data : ndarray
+        ``n_data`` values (an image, flat or 2-D; or complex visibilities), in the source's units.
+    sigma : float or ndarray
+        Noise standard deviation per datum (per real and imaginary part for complex data).
+    mask : ndarray of bool, optional
+        Data to use (True). Default: all.
+    prior_mean : ndarray, optional
+        ``s0``: the source is ``s0 + t`` and the equations are for ``t``.
+    backend : {"auto", "cholmod", "dense", "splu"}
+    """
+    t0 = time.perf_counter()
+    d, sig, use = check_observation(op, data, sigma, mask)
+    s0 = _check_prior_mean(op, prior_mean)
+    unit = _power_of_two_near(float(np.median(sig[use])))
+    w_all = np.zeros(d.size)
+    w_all[use] = (unit / sig[use]) ** 2
+    dn = d / unit
+    s0n = None if s0 is None else s0 / unit
+    if s0n is not None:
+        dn = dn - np.asarray(op.apply(s0n)).reshape(-1)
+    n_real = int(use.sum()) * (2 if np.iscomplexobj(d) else 1)
+    log_norm = -0.5 * n_real * math.log(2.0 * math.pi) - (2 if np.iscomplexobj(d) else 1) * float(
+        np.sum(np.log(sig[use])))
+    n_src = op.source_grid.n
+    M = explicit_matrix(op)
+    if M is not None:
+        P, b, idx, chosen, misfit = _from_matrix(op, M, dn, w_all, use, backend)
+    else:
+        P, b, idx, chosen, misfit = _from_normal_matrix(op, dn, w_all, backend)
+    if np.iscomplexobj(d) and not _model_is_complex(op, M):
+        raise ValueError("image is complex but the operator's model data are real")
+    return NormalEquations(P=P, b=b, unknowns=idx, source_n=n_src, n_data=n_real, log_norm=log_norm, unit=unit,
+                           backend=chosen, misfit=misfit, prior_mean=s0n, seconds=time.perf_counter() - t0)
+
+
+def _model_is_complex(op: Any, M: Any) -> bool:
+    if M is not None:
+        return bool(np.iscomplexobj(M.data if sp.issparse(M) else M))
+    return bool(np.iscomplexobj(op.apply(np.zeros(op.shape[1]))))
+
+
+def _reached(idx: np.ndarray, what: str) -> np.ndarray:
+    if idx.size == 0:
+        raise ValueError(f"no source pixel is reached by a ray from the used {what}")
+    return idx
+
+
+def _from_matrix(op: Any, M: Any, dn: np.ndarray, w_all: np.ndarray, use: np.ndarray, backend: str):
+    """P, b, unknowns, backend and misfit from an explicit matrix (sparse or dense)."""
+    n_src2 = op.shape[1]
+    if sp.issparse(M):
+        Mu = sp.csr_matrix(M)
+        Mu = Mu[use] if not use.all() else Mu  # CSR: the used rows
+        reached = np.zeros(n_src2, dtype=bool)
+        reached[Mu.indices] = True  # source pixels some used row touches
+        nnz_bound = int(np.sum(np.diff(Mu.indptr).astype(np.int64) ** 2))
+    else:
+        Mu = np.asarray(M)[use]
+        reached = np.any(Mu != 0, axis=0)
+        nnz_bound = int(reached.sum()) ** 2
+    idx = _reached(np.flatnonzero(reached), "data")
+    chosen = choose_backend(backend, idx.size, nnz_bound)
+    w, du = w_all[use], dn[use]
+    b = np.real(Mu.conj().T @ (w * du))[idx] if np.iscomplexobj(Mu.data if sp.issparse(Mu) else Mu) \
+        else (Mu.T @ (w * du))[idx]
+    if hasattr(op, "normal_matrix"):
+        P = op.normal_matrix(w_all, unknowns=idx, dense=chosen == "dense")
+    else:
+        P = _generic_normal_matrix(Mu, w, idx, dense=chosen == "dense")
+    full = np.zeros(n_src2)
+    sw = np.sqrt(w)
+
+    def misfit(t: np.ndarray) -> float:
+        full[idx] = t
+        r = (Mu @ full - du) * sw
+        return float(np.real(np.vdot(r, r)))
+
+    return P, b, idx, chosen, misfit
+
+
+def _generic_normal_matrix(Mu: Any, w: np.ndarray, idx: np.ndarray, dense: bool):
+    """``Re(Mu^H diag(w) Mu)`` over the columns ``idx`` for any real/complex, sparse/dense matrix."""
+    from lensinv.normal import sparse_normal_matrix
+
+    if sp.issparse(Mu) and not np.iscomplexobj(Mu.data):
+        return sparse_normal_matrix(Mu, w, idx, dense=dense)
+    Mi = Mu[:, idx]
+    if sp.issparse(Mi):
+        P = (Mi.conj().T @ sp.diags(w) @ Mi).real.tocsr()
+        return P.toarray() if dense else P
+    P = np.real(Mi.conj().T @ (w[:, None] * Mi))
+    return np.ascontiguousarray(P) if dense else sp.csr_matrix(P)
+
+
+def _from_normal_matrix(op: Any, dn: np.ndarray, w_all: np.ndarray, backend: str):
+    """P, b, unknowns, backend and misfit from ``op.normal_matrix`` (no explicit matrix)."""
+    P_all = op.normal_matrix(w_all, unknowns=None, dense=True)
+    if sp.issparse(P_all):
+        P_all = P_all.toarray()
+    diag = np.diag(P_all)
+    idx = _reached(np.flatnonzero(diag > 0), "data")
+    chosen = choose_backend(backend, idx.size, idx.size**2)
+    P = np.ascontiguousarray(P_all[np.ix_(idx, idx)])
+    b = np.asarray(op.adjoint((w_all * dn).reshape(np.shape(dn)))).reshape(-1)[idx]
+    full = np.zeros(op.shape[1])
+    sw = np.sqrt(w_all)
+
+    def misfit(t: np.ndarray) -> float:
+        full[idx] = t
+        r = (np.asarray(op.apply(full)).reshape(-1) - dn) * sw
+        return float(np.real(np.vdot(r, r)))
+
+    if chosen != "dense":
+        P = sp.csr_matrix(np.triu(P) + np.triu(P, 1).T)
+    return P, b, idx, chosen, misfit
