@@ -11,5 +11,7 @@ from .inversion import InversionResult, invert
 from .masks import arc_mask
 from .regularization import FORMS, regularization_matrix
 from .solvers import NotPositiveDefiniteError, have_cholmod
+from .warren_dye import warren_dye_setup
 
 __all__ = ["FORMS", "InversionResult", "arc_mask", "NotPositiveDefiniteError", "have_cholmod", "invert", "regularization_matrix"]
+__all__ += ["warren_dye_setup"]

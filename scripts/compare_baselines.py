@@ -45,28 +45,16 @@ class Reconstruction:
     seconds: float
 
 
-def warren_dye_sigma(image: np.ndarray, sigma: float) -> float:
-    """Warren-Dye needs a noise level: noise-free data (sigma 0) get a nominal one, 1e-3 of the image peak."""
-    return sigma if sigma > 0 else 1e-3 * float(np.max(image))
-
-
-def arc_mask_or_none(image: np.ndarray, sigma: float):
-    """The data-driven arc mask, or None (all pixels) when it would keep no pixel."""
-    mask = baselines.arc_mask(image, sigma)
-    return mask if mask.any() else None
-
-
 def reconstruct_all(model, op, image: np.ndarray, sigma: float, forms: tuple[str, ...], use_mask: bool):
     """RIM and Warren-Dye (each regularization) reconstructions of one lens."""
     out = []
     t0 = time.perf_counter()
     out.append(Reconstruction("RIM", model.reconstruct(op, image, sigma if sigma > 0 else 1.0),
                               time.perf_counter() - t0))
-    wd_sigma = warren_dye_sigma(image, sigma)
-    mask = arc_mask_or_none(image, wd_sigma) if use_mask else None
+    wd = baselines.warren_dye_setup(image, sigma, mask=use_mask)
     for form in forms:
         t0 = time.perf_counter()
-        res = baselines.invert(op, image, wd_sigma, regularization=form, mask=mask)
+        res = baselines.invert(op, image, wd.sigma, regularization=form, mask=wd.mask)
         out.append(Reconstruction(f"WD-{form}", res.source, time.perf_counter() - t0))
     return out
 
