@@ -17,7 +17,8 @@ from .masks import arc_mask
 from .normal_equations import NormalEquations, normal_equations
 from .regularization import FORMS, Curvature, Gradient, Regularization, Zeroth, regularization_matrix
 from .solvers import NotPositiveDefiniteError, have_cholmod
+from .warren_dye import warren_dye_setup
 
 __all__ = ["Curvature", "EvidenceSearch", "FORMS", "Gradient", "InversionResult", "NormalEquations",
            "NotPositiveDefiniteError", "Prior", "Regularization", "Zeroth", "arc_mask", "have_cholmod", "invert",
-           "normal_equations", "regularization_matrix", "restricted_prior", "search_evidence"]
+           "normal_equations", "regularization_matrix", "restricted_prior", "search_evidence", "warren_dye_setup"]

@@ -4,13 +4,22 @@
     python scripts/compare_baselines.py --data data/test.h5 --out results/compare [--checkpoint runs/rim/checkpoint.pt]
 
 Writes OUT/summary.md, OUT/summary.json, OUT/metrics.csv and figures: examples.png (the seed's
-Figure 2 layout: observed, reconstruction, truth and residual per method), flux.png (the seed's
-Figure 3: true against reconstructed flux with the 1:1 line), rmse_hist.png and rmse_vs_snr.png.
+Figure 2 layout: observed, reconstruction, truth and residual per method; none with --examples 0),
+flux.png (the seed's Figure 3: true against reconstructed flux with the 1:1 line), rmse_hist.png
+and rmse_vs_snr.png.
+
+A lens that cannot be read or reconstructed (a corrupt record, a NaN pixel or lens parameter) is
+reported on stderr, listed in OUT/failed.csv and under "failed" in summary.json and summary.md,
+and the run goes on. metrics.csv (and failed.csv) are rewritten atomically after every lens, so an
+interrupted run keeps what it did; the summary and figures are written at the end (also on
+Ctrl-C, for the lenses done). Exit status 0 when at least one lens was compared, 1 when none was,
+2 for bad arguments (checked before any work).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import logging
@@ -19,6 +28,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 # OpenBLAS's idle threads sleep at once rather than spin between inversions (README: timing notes)
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
@@ -33,6 +43,7 @@ from tqdm import tqdm  # noqa: E402
 import baselines  # noqa: E402
 import rim  # noqa: E402
 from lensinv.dataset import LensDataset  # noqa: E402
+from lensinv.io import atomic_write, write_text_atomic  # noqa: E402
 from lensinv.metrics import flux_error, reduced_chi2, rmse, ssim  # noqa: E402
 
 METRICS = ("rmse", "ssim", "flux_error", "chi2_per_pixel", "seconds")
@@ -45,28 +56,16 @@ class Reconstruction:
     seconds: float
 
 
-def warren_dye_sigma(image: np.ndarray, sigma: float) -> float:
-    """Warren-Dye needs a noise level: noise-free data (sigma 0) get a nominal one, 1e-3 of the image peak."""
-    return sigma if sigma > 0 else 1e-3 * float(np.max(image))
-
-
-def arc_mask_or_none(image: np.ndarray, sigma: float):
-    """The data-driven arc mask, or None (all pixels) when it would keep no pixel."""
-    mask = baselines.arc_mask(image, sigma)
-    return mask if mask.any() else None
-
-
 def reconstruct_all(model, op, image: np.ndarray, sigma: float, forms: tuple[str, ...], use_mask: bool):
     """RIM and Warren-Dye (each regularization) reconstructions of one lens."""
     out = []
     t0 = time.perf_counter()
     out.append(Reconstruction("RIM", model.reconstruct(op, image, sigma if sigma > 0 else 1.0),
                               time.perf_counter() - t0))
-    wd_sigma = warren_dye_sigma(image, sigma)
-    mask = arc_mask_or_none(image, wd_sigma) if use_mask else None
+    wd = baselines.warren_dye_setup(image, sigma, mask=use_mask)
     for form in forms:
         t0 = time.perf_counter()
-        res = baselines.invert(op, image, wd_sigma, regularization=form, mask=mask)
+        res = baselines.invert(op, image, wd.sigma, regularization=form, mask=wd.mask)
         out.append(Reconstruction(f"WD-{form}", res.source, time.perf_counter() - t0))
     return out
 
@@ -92,7 +91,8 @@ def summarise(rows: list[dict], methods: list[str]) -> dict:
     return out
 
 
-def write_summary(path: Path, summary: dict, n: int, device: str, data: str, checkpoint: str, mask: bool) -> None:
+def write_summary(path: Path, summary: dict, n: int, device: str, data: str, checkpoint: str, mask: bool,
+                  failed: list[dict] = (), examples: bool = True) -> None:
     names = {"rmse": "source RMSE", "ssim": "SSIM", "flux_error": "|flux error|", "chi2_per_pixel": "chi2/N",
              "seconds": f"time per lens (s, {device})"}
     lines = [f"# RIM versus Warren-Dye on {n} test lenses", "",
@@ -108,13 +108,29 @@ def write_summary(path: Path, summary: dict, n: int, device: str, data: str, che
     lines += ["", "RMSE per pixel of peak-normalised sources; |flux error| relative to the true total flux; "
               "chi2/N of the reconstruction's image against the data (n/a for noise-free data). "
               f"Warren-Dye: evidence-optimised, {'on a data-driven arc mask' if mask else 'on all pixels'}; "
-              "RIM: its final estimate.",
-              "", "![examples](examples.png)", "", "![flux](flux.png)", "",
-              "![rmse](rmse_hist.png)", "", "![rmse vs snr](rmse_vs_snr.png)", ""]
-    path.write_text("\n".join(lines))
+              "RIM: its final estimate."]
+    if failed:
+        lines += ["", f"Failed ({len(failed)} lenses, not in the statistics; also failed.csv):", ""]
+        lines += [f"- lens at position {f['position']} of the data set: {f['error']}" for f in failed]
+    if summary:
+        lines += [""] + (["![examples](examples.png)", ""] if examples else []) + [
+            "![flux](flux.png)", "", "![rmse](rmse_hist.png)", "", "![rmse vs snr](rmse_vs_snr.png)"]
+    write_text_atomic(path, "\n".join(lines) + "\n")
+
+
+def _save(fig, path: Path) -> None:
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png", dpi=90)
+    plt.close(fig)
 
 
 def figures(out: Path, examples: list, rows: list[dict], methods: list[str], extent_src, extent_img) -> None:
+    if examples:
+        example_figure(out, examples, methods, extent_src, extent_img)
+    summary_figures(out, rows, methods)
+
+
+def example_figure(out: Path, examples: list, methods: list[str], extent_src, extent_img) -> None:
     k = len(examples)
     ncol = 2 + 2 * len(methods)
     fig, axes = plt.subplots(k, ncol, figsize=(2.1 * ncol, 2.2 * k), squeeze=False)
@@ -138,36 +154,40 @@ def figures(out: Path, examples: list, rows: list[dict], methods: list[str], ext
             if r == 0:
                 ax.set_title(title, fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "examples.png", dpi=90)
-    plt.close(fig)
+    _save(fig, out / "examples.png")
 
+
+def summary_figures(out: Path, rows: list[dict], methods: list[str]) -> None:
     fig, axes = plt.subplots(1, len(methods), figsize=(3.2 * len(methods), 3.2), squeeze=False)
     for ax, m in zip(axes[0], methods):
         sel = [r for r in rows if r["method"] == m]
         t = np.array([r["true_flux"] for r in sel])
         e = np.array([r["flux"] for r in sel])
         ax.scatter(t, e, s=10)
-        lim = [0, max(t.max(), e.max()) * 1.05]
+        top = np.concatenate([t, e])
+        top = top[np.isfinite(top)]
+        lim = [0, (float(top.max()) if top.size else 1.0) * 1.05]
         ax.plot(lim, lim, "r-", lw=1)
         ax.set_xlabel("true flux (sum of pixels)")
         ax.set_ylabel("reconstructed flux")
         ax.set_title(m, fontsize=9)
     fig.tight_layout()
-    fig.savefig(out / "flux.png", dpi=90)
-    plt.close(fig)
+    _save(fig, out / "flux.png")
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    all_r = np.array([r["rmse"] for r in rows])
-    bins = np.logspace(np.log10(all_r.min() * 0.9), np.log10(all_r.max() * 1.1), 20)
+    all_r = np.array([r["rmse"] for r in rows], dtype=float)
+    all_r = all_r[np.isfinite(all_r) & (all_r > 0)]
+    lo, hi = (all_r.min() * 0.9, all_r.max() * 1.1) if all_r.size else (1e-3, 1.0)
+    bins = np.logspace(np.log10(lo), np.log10(hi), 20)
     for m in methods:
-        ax.hist([r["rmse"] for r in rows if r["method"] == m], bins=bins, histtype="step", label=m)
+        v = np.array([r["rmse"] for r in rows if r["method"] == m], dtype=float)
+        ax.hist(v[np.isfinite(v) & (v > 0)], bins=bins, histtype="step", label=m)
     ax.set_xscale("log")
     ax.set_xlabel("source RMSE")
     ax.set_ylabel("lenses")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "rmse_hist.png", dpi=90)
-    plt.close(fig)
+    _save(fig, out / "rmse_hist.png")
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     finite = [r for r in rows if np.isfinite(r["snr"])]
@@ -183,61 +203,149 @@ def figures(out: Path, examples: list, rows: list[dict], methods: list[str], ext
     ax.set_xlabel("peak S/N of the lensed image")
     ax.set_ylabel("source RMSE")
     fig.tight_layout()
-    fig.savefig(out / "rmse_vs_snr.png", dpi=90)
-    plt.close(fig)
+    _save(fig, out / "rmse_vs_snr.png")
+
+
+def _int_at_least(low: int) -> Callable[[str], int]:
+    """argparse type: an integer >= ``low``."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {v}")
+        return v
+    return parse
+
+
+def check_device(name: str) -> str | None:
+    """Why torch cannot use device ``name`` (None when it can). A local check until
+    ``rim.resolve_device`` lands."""
+    import torch
+
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        return f"{name!r} is not a torch device ({exc})"
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            return f"{name!r}: CUDA is not available on this machine"
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            return f"{name!r}: there are only {torch.cuda.device_count()} CUDA devices"
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            return f"{name!r}: MPS is not available on this machine"
+    elif dev.type != "cpu":
+        return f"{name!r}: only cpu, cuda and mps devices are supported"
+    return None
+
+
+FIELDS = ("lens", "method", "snr", "psf_fwhm", "theta_E", "true_flux", "flux", *METRICS)
+
+
+def compare_lens(ds: LensDataset, i: int, model, forms: tuple[str, ...], use_mask: bool):
+    """Metrics rows and reconstructions of lens ``i`` (raises for a bad lens)."""
+    ex = ds[i]
+    op = ex.operator()
+    recs = reconstruct_all(model, op, ex.image, ex.sigma, forms, use_mask)
+    rows = [{"lens": ex.index, "method": rec.method, "snr": ex.snr, "psf_fwhm": ex.psf_fwhm,
+             "theta_E": ex.lens.components[0].theta_E, "true_flux": float(ex.source.sum()),
+             "flux": float(rec.source.sum()), **lens_metrics(rec, ex.source, op, ex.image, ex.sigma)}
+            for rec in recs]
+    return ex, recs, rows
+
+
+#: what one bad lens may raise without stopping the run (corrupt records: OSError from h5py;
+#: NaN pixels or lens parameters: ValueError; failed factorisations, torch errors: the rest)
+LENS_ERRORS = (ValueError, OSError, ArithmeticError, RuntimeError, np.linalg.LinAlgError)
+
+
+def write_csv(path: Path, fields: tuple[str, ...], rows: list[dict]) -> None:
+    with atomic_write(path, "w") as f:
+        w = csv.DictWriter(f, fieldnames=list(fields))
+        w.writeheader()
+        w.writerows(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, help="HDF5 data set (build_operators.py)")
     ap.add_argument("--checkpoint", default=None, help="RIM weights (default: the shipped ones)")
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--limit", type=int, default=None, help="use the first N lenses")
+    ap.add_argument("--out", type=Path, required=True, help="output folder (created)")
+    ap.add_argument("--limit", type=_int_at_least(1), default=None, help="use the first N >= 1 lenses")
     ap.add_argument("--forms", default="zeroth,gradient,curvature", help="Warren-Dye regularizations")
     ap.add_argument("--mask", action="store_true",
                     help="Warren-Dye on a data-driven arc mask (faster; it may miss faint emission) instead of all pixels")
-    ap.add_argument("--examples", type=int, default=4, help="lenses in the example figure")
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--examples", type=_int_at_least(0), default=4,
+                    help="lenses in the example figure (0: no example figure)")
+    ap.add_argument("--device", default="cpu", help="torch device for the RIM (cpu, cuda, cuda:1, mps)")
     args = ap.parse_args(argv)
+    why = check_device(args.device)
+    if why is not None:
+        ap.error(f"argument --device: {why}")
+    if args.out.exists() and not args.out.is_dir():
+        ap.error(f"argument --out: {args.out} exists and is not a folder")
+    forms = tuple(f.strip() for f in args.forms.split(",") if f.strip())
+    bad = [f for f in forms if f not in baselines.FORMS]
+    if bad or not forms:
+        ap.error(f"argument --forms: unknown regularization(s) {bad or args.forms!r}; choose from {baselines.FORMS}")
     logging.basicConfig(level=logging.WARNING)
     try:
         ds = LensDataset(args.data)
         model = rim.load_pretrained(args.checkpoint, device=args.device)
-        forms = tuple(f for f in args.forms.split(",") if f)
-        bad = [f for f in forms if f not in baselines.FORMS]
-        if bad:
-            raise ValueError(f"unknown regularization(s) {bad}; choose from {baselines.FORMS}")
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"error: cannot create --out {args.out}: {exc}", file=sys.stderr)
+        return 2
     n = len(ds) if args.limit is None else min(args.limit, len(ds))
-    rows, examples = [], []
-    for i in tqdm(range(n), unit="lens"):
-        ex = ds[i]
-        op = ex.operator()
-        recs = reconstruct_all(model, op, ex.image, ex.sigma, forms, args.mask)
-        for rec in recs:
-            row = {"lens": ex.index, "method": rec.method, "snr": ex.snr, "psf_fwhm": ex.psf_fwhm,
-                   "theta_E": ex.lens.components[0].theta_E, "true_flux": float(ex.source.sum()),
-                   "flux": float(rec.source.sum()), **lens_metrics(rec, ex.source, op, ex.image, ex.sigma)}
-            rows.append(row)
-        if len(examples) < args.examples:
-            examples.append((ex, recs))
+    rows, examples, failed = [], [], []
+    interrupted = False
+    write_csv(args.out / "metrics.csv", FIELDS, rows)
+    try:
+        for i in tqdm(range(n), unit="lens"):
+            try:
+                ex, recs, lens_rows = compare_lens(ds, i, model, forms, args.mask)
+            except LENS_ERRORS as exc:
+                msg = " ".join(f"{type(exc).__name__}: {exc}".split())
+                tqdm.write(f"warning: lens {i} (position in --data) failed, skipped: {msg}", file=sys.stderr)
+                failed.append({"position": i, "error": msg})
+                write_csv(args.out / "failed.csv", ("position", "error"), failed)
+                continue
+            rows += lens_rows
+            write_csv(args.out / "metrics.csv", FIELDS, rows)
+            if len(examples) < args.examples:
+                examples.append((ex, recs))
+    except KeyboardInterrupt:
+        interrupted = True
+        print(f"interrupted: writing the summary of the {len({r['lens'] for r in rows})} lenses done",
+              file=sys.stderr)
+    if not failed:  # no stale list from an earlier run in the same folder
+        with contextlib.suppress(FileNotFoundError):
+            (args.out / "failed.csv").unlink()
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    with open(args.out / "metrics.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    n_ok = len({r["lens"] for r in rows})
     summary = summarise(rows, methods)
     ckpt = args.checkpoint or str(rim.WEIGHTS.relative_to(Path(rim.__file__).resolve().parents[1]))
-    (args.out / "summary.json").write_text(json.dumps({"n_lenses": n, "data": args.data, "checkpoint": ckpt,
-                                                       "device": args.device, "methods": summary}, indent=2))
-    write_summary(args.out / "summary.md", summary, n, args.device, args.data, ckpt, args.mask)
-    figures(args.out, examples, rows, methods, ds.source_grid.extent, ds.image_grid.extent)
+    write_text_atomic(args.out / "summary.json", json.dumps(
+        {"n_lenses": n_ok, "n_requested": n, "n_failed": len(failed), "failed": failed, "interrupted": interrupted,
+         "data": args.data, "checkpoint": ckpt, "device": args.device, "methods": summary}, indent=2))
+    write_summary(args.out / "summary.md", summary, n_ok, args.device, args.data, ckpt, args.mask, failed,
+                  examples=bool(examples))
+    if rows:
+        figures(args.out, examples, rows, methods, ds.source_grid.extent, ds.image_grid.extent)
     print((args.out / "summary.md").read_text().split("\n\n![")[0])
+    if failed:
+        print(f"{len(failed)} of {n} lenses failed (listed in {args.out}/failed.csv)", file=sys.stderr)
+    if not rows:
+        print("error: no lens could be compared", file=sys.stderr)
+        return 130 if interrupted else 1
     print(f"wrote {args.out}/summary.md, summary.json, metrics.csv and figures")
-    return 0
+    return 130 if interrupted else 0
 
 
 if __name__ == "__main__":

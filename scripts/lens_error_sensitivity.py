@@ -26,7 +26,7 @@ from tqdm import tqdm  # noqa: E402
 import baselines  # noqa: E402
 import lensinv  # noqa: E402
 import rim  # noqa: E402
-from compare_baselines import arc_mask_or_none, warren_dye_sigma  # noqa: E402  (this folder, on sys.path)
+from lensinv.io import atomic_write  # noqa: E402
 from lensinv.metrics import rmse  # noqa: E402
 
 PARAMS = ("theta_E", "q", "phi", "gamma")
@@ -82,16 +82,15 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for k, (lens, source, image, sigma, psf, ig, sg, ss) in enumerate(tqdm(list(examples(args)), unit="lens")):
-        wd_sigma = warren_dye_sigma(image, sigma)
-        mask = arc_mask_or_none(image, wd_sigma)
+        wd = baselines.warren_dye_setup(image, sigma)
         cases = [("exact", 0.0, lens)] + [(p, d, perturb(lens, p, d)) for p in PARAMS for d in levels]
         for param, delta, lens_used in cases:
             op = lensinv.operator(lens_used, ig, sg, psf=psf, supersample=ss)
             r_rim = model.reconstruct(op, image, sigma if sigma > 0 else 1.0)
-            r_wd = baselines.invert(op, image, wd_sigma, regularization="gradient", mask=mask).source
+            r_wd = baselines.invert(op, image, wd.sigma, regularization="gradient", mask=wd.mask).source
             rows.append({"lens": k, "param": param, "delta": delta, "rmse_rim": rmse(r_rim, source),
                          "rmse_wd": rmse(r_wd, source)})
-    with open(args.out / "sensitivity.csv", "w", newline="") as f:
+    with atomic_write(args.out / "sensitivity.csv", "w") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
@@ -110,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     axes[0].set_ylabel("median RMSE / RMSE with the exact lens")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(args.out / "sensitivity.png", dpi=90)
+    with atomic_write(args.out / "sensitivity.png") as f:
+        fig.savefig(f, format="png", dpi=90)
     plt.close(fig)
     print(f"median RMSE with the exact lens: RIM {base['rim']:.4f}, Warren-Dye {base['wd']:.4f}")
     print(f"wrote {args.out}/sensitivity.csv and sensitivity.png")

@@ -1,6 +1,7 @@
 """End-to-end runs of compare_baselines.py, reconstruct.py and lens_error_sensitivity.py on tiny cases."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -29,7 +30,9 @@ def tiny_checkpoint(tmp_path_factory):
 
 
 def _run(*args):
-    return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=900)
+    # this checkout's packages, not an installed copy's (a script's own folder comes first on sys.path)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=900, env=env)
 
 
 def test_compare_baselines_on_a_tiny_data_set(tmp_path, tiny_checkpoint):
