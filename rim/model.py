@@ -231,15 +231,18 @@ class RIM(nn.Module):
             if not hasattr(op, "matrix"):
                 raise ValueError(f"op ({type(op).__name__}) has no .matrix: the RIM needs the explicit matrix")
             mat = op.matrix
-            if sp.issparse(mat):
-                mat = sp.csr_matrix(mat)
-            else:
-                mat = np.asarray(mat)
-            if np.iscomplexobj(mat):
-                raise ValueError("op.matrix is complex: the RIM reconstructs from real images only")
-            if tuple(mat.shape) != (n_data, n_src):
-                raise ValueError(f"op.matrix has shape {tuple(mat.shape)}, expected {(n_data, n_src)}")
-            mat = sp.csr_matrix(mat, dtype=np.float64)
+            try:
+                mat = sp.csr_matrix(mat) if sp.issparse(mat) else np.asarray(mat)
+                if np.iscomplexobj(mat):
+                    raise ValueError("op.matrix is complex: the RIM reconstructs from real images only")
+                if tuple(mat.shape) != (n_data, n_src):
+                    raise ValueError(f"op.matrix has shape {tuple(mat.shape)}, expected {(n_data, n_src)}")
+                mat = sp.csr_matrix(mat, dtype=np.float64)
+            except (TypeError, AttributeError) as exc:
+                raise ValueError(f"op.matrix must be a real scipy.sparse matrix or a dense array, got "
+                                 f"{type(op.matrix).__name__} ({exc})") from None
+            if not np.all(np.isfinite(mat.data)):
+                raise ValueError("op.matrix contains NaN or inf values")
             mat.eliminate_zeros()
             mats, psfs, nnz = [mat], None, mat.nnz
         if nnz == 0:

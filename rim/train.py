@@ -99,13 +99,17 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
-        for name in ("lr", "decay_steps", "clip"):
+            object.__setattr__(self, name, int(v))  # plain int: checkpoints hold no numpy scalars
+        for name in ("lr", "decay_steps", "clip", "decay_rate"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+                raise ValueError(f"{name} must be a number, got {v!r}")
+            object.__setattr__(self, name, float(v))
+            v = float(v)
+            if not (math.isfinite(v) and v > 0):
                 raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
-        v = self.decay_rate
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and 0 < v <= 1):
-            raise ValueError(f"decay_rate must be in (0, 1], got {v!r}")
+        if self.decay_rate > 1:
+            raise ValueError(f"decay_rate must be in (0, 1], got {self.decay_rate!r}")
         if not isinstance(self.amp, bool):
             raise ValueError(f"amp must be a bool, got {self.amp!r}")
         if not isinstance(self.model, RIMConfig):

@@ -180,6 +180,12 @@ def test_reconstruct_accepts_any_protocol_operator(psf, rng):
         model.reconstruct(_Protocol(matrix=op.matrix.astype(complex)), image, 0.01)
     with pytest.raises(ValueError, match="grids"):
         model.reconstruct(_Protocol(matrix=sp.csr_matrix((IMG.size, 36)), source_grid=SourceGrid(6, 1.0)), image, 0.01)
+    with pytest.raises(ValueError, match="op.matrix must be"):
+        model.reconstruct(_Protocol(matrix=np.array([[object()] * SRC.size] * IMG.size)), image, 0.01)
+    bad = op.matrix.copy()
+    bad.data[0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        model.reconstruct(_Protocol(matrix=bad), image, 0.01)
     with pytest.raises(ValueError, match="lacks .shape, .apply"):
         model.reconstruct(object(), image, 0.01)
 
@@ -243,6 +249,15 @@ def test_script_out_and_resume_errors(tmp_path, capsys):
 def test_train_config_validates_its_fields(field, value):
     with pytest.raises(ValueError, match=field):
         TrainConfig(**{field: value})
+
+
+def test_train_config_stores_plain_numbers(tmp_path):
+    cfg = TrainConfig(seed=np.int64(3), lr=np.float32(1e-3), steps=np.int32(5), decay_steps=100, model=TINY)
+    assert type(cfg.seed) is int and type(cfg.steps) is int and type(cfg.lr) is float and type(cfg.decay_steps) is float
+    model = RIM(TINY)
+    opt = torch.optim.Adam(model.parameters())
+    save_checkpoint(tmp_path / "c.pt", model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0), 1, cfg)
+    assert torch.load(tmp_path / "c.pt", weights_only=True)["train_config"]["seed"] == 3
 
 
 def test_train_refuses_bad_runs_before_any_work(tmp_path):
