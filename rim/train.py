@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -35,7 +36,7 @@ CHECKPOINT_FORMAT = 1
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Training settings (recorded in every checkpoint).
+    """Training settings (recorded in every checkpoint); invalid values raise ValueError naming the field.
 
     Parameters
     ----------
@@ -45,23 +46,24 @@ class TrainConfig:
         HDF5 data set(s) (comma-separated) made by build_operators.py; None
         streams freshly simulated lenses.
     seed : int
-        Seed of the simulated stream and of the model initialisation.
+        Seed of the simulated stream and of the model initialisation (>= 0).
     batch : int
-        Lenses per step per process.
+        Lenses per step per process (>= 1).
     steps : int
-        Total optimisation steps.
+        Total optimisation steps (>= 1).
     lr : float
-        Initial learning rate of Adam.
+        Initial learning rate of Adam (finite, > 0).
     decay_steps, decay_rate : float
-        ``lr(step) = lr * decay_rate ** (step / decay_steps)`` (the seed: 5000, 0.96).
+        ``lr(step) = lr * decay_rate ** (step / decay_steps)`` (the seed: 5000, 0.96);
+        ``decay_steps`` finite > 0 (steps), ``decay_rate`` in (0, 1].
     clip : float
-        Gradient-norm clipping threshold.
+        Gradient-norm clipping threshold (finite, > 0).
     checkpoint_every, val_every, log_every : int
-        Intervals in steps.
+        Intervals in steps (>= 1).
     val_lenses : int
-        Held-out lenses (a separate seed stream) for validation RMSE.
+        Held-out lenses (a separate seed stream) for validation RMSE (>= 0).
     workers : int
-        DataLoader worker processes (operators are built there).
+        DataLoader worker processes (operators are built there; >= 0).
     amp : bool
         bfloat16 autocast for the network on CUDA (physics stays float32).
     model : RIMConfig
@@ -84,15 +86,55 @@ class TrainConfig:
     amp: bool = True
     model: RIMConfig = field(default_factory=RIMConfig)
 
+    def __post_init__(self) -> None:
+        from lensinv.simulate import PRESETS
+
+        if self.preset not in PRESETS:
+            raise ValueError(f"preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
+        if self.data is not None and (not isinstance(self.data, str) or not self.data.strip()):
+            raise ValueError(f"data must be None or a non-empty comma-separated list of files, got {self.data!r}")
+        minimum = {"seed": 0, "batch": 1, "steps": 1, "checkpoint_every": 1, "val_every": 1, "log_every": 1,
+                   "val_lenses": 0, "workers": 0}
+        for name, low in minimum.items():
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
+            object.__setattr__(self, name, int(v))  # plain int: checkpoints hold no numpy scalars
+        for name in ("lr", "decay_steps", "clip", "decay_rate"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+                raise ValueError(f"{name} must be a number, got {v!r}")
+            object.__setattr__(self, name, float(v))
+            v = float(v)
+            if not (math.isfinite(v) and v > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
+        if self.decay_rate > 1:
+            raise ValueError(f"decay_rate must be in (0, 1], got {self.decay_rate!r}")
+        if not isinstance(self.amp, bool):
+            raise ValueError(f"amp must be a bool, got {self.amp!r}")
+        if not isinstance(self.model, RIMConfig):
+            raise ValueError(f"model must be a RIMConfig, got {type(self.model).__name__}")
+
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+# Settings that may change when a run is resumed: applied from the resumed step on and recorded in the
+# checkpoint's ``"changes"`` (the others must match the checkpoint: they define the model and its data).
+RESUMABLE_CHANGES = ("lr", "decay_steps", "decay_rate", "clip", "amp")
 
 
 VAL_SEED_OFFSET = 1_000_003  # validation lenses come from seed + this: never seen in training
 
 
 def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """The torch, numpy and Python RNG states as tensors and plain lists (loadable with ``weights_only=True``)."""
+    name, key, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": {"name": str(name), "key": torch.from_numpy(np.asarray(key, dtype=np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+             "python": [int(version), [int(v) for v in internal], gauss_next]}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -100,18 +142,39 @@ def _rng_state() -> dict:
 
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    npst = state["numpy"]
+    if isinstance(npst, dict):
+        key = np.asarray(npst["key"].numpy() if torch.is_tensor(npst["key"]) else npst["key"]).astype(np.uint32)
+        np.random.set_state((npst["name"], key, int(npst["pos"]), int(npst["has_gauss"]),
+                             float(npst["cached_gaussian"])))
+    else:  # checkpoints written before the states were stored as plain lists and tensors
+        np.random.set_state(tuple(npst))
+    version, internal, gauss_next = state["python"]
+    random.setstate((int(version), tuple(int(v) for v in internal), gauss_next))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(path: Path, model: RIM, optimizer, scheduler, step: int, config: TrainConfig) -> None:
-    """Write a checkpoint atomically (temporary file, fsync, rename)."""
+def _all_finite(tensors) -> bool:
+    flags = [torch.isfinite(t).all() for t in tensors if torch.is_tensor(t) and t.is_floating_point()]
+    return bool(torch.stack(flags).all()) if flags else True
+
+
+def save_checkpoint(path: Path, model: RIM, optimizer, scheduler, step: int, config: TrainConfig,
+                    changes: Optional[list] = None) -> None:
+    """Write a checkpoint atomically (temporary file, fsync, rename).
+
+    Everything in it (state dicts, RNG states as tensors and lists, configs as dicts) loads with
+    ``torch.load(weights_only=True)``. ``changes`` records settings changed on resume (see
+    :func:`train`). Raises FloatingPointError, writing nothing, if a model parameter is NaN or inf:
+    a diverged model never replaces a good checkpoint.
+    """
+    if not _all_finite(model.state_dict().values()):
+        raise FloatingPointError(f"not writing {path}: the model has NaN or inf parameters at step {step}")
     _atomic_torch_save({"format": CHECKPOINT_FORMAT, "step": step, "model": model.state_dict(),
                         "model_config": config.model.to_dict(), "train_config": config.to_dict(),
                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                        "rng": _rng_state()}, Path(path))
+                        "rng": _rng_state(), "changes": list(changes or [])}, Path(path))
 
 
 def _atomic_torch_save(obj: dict, path: Path) -> None:
@@ -120,13 +183,39 @@ def _atomic_torch_save(obj: dict, path: Path) -> None:
         torch.save(obj, tmp)
 
 
+def _numpy_safe_globals() -> list:
+    """The numpy array reconstructors (data only, no code) that checkpoints written before the RNG
+    states were stored as tensors need; allowed in addition to torch's own ``weights_only`` set."""
+    core = getattr(np, "_core", None) or np.core
+    names = [np.ndarray, np.dtype, core.multiarray._reconstruct, type(np.dtype(np.uint32))]
+    return names
+
+
 def load_checkpoint(path: Path) -> dict:
-    """Read a checkpoint written by :func:`save_checkpoint`; raises ValueError if it is not one."""
+    """Read a checkpoint written by :func:`save_checkpoint` (or exported weights).
+
+    The file is read with ``torch.load(weights_only=True)``: tensors, plain Python containers and
+    numbers, and numpy arrays only, so a crafted file cannot run code when it is loaded.
+
+    Raises
+    ------
+    ValueError
+        If ``path`` is missing or a directory, is not a readable checkpoint, or holds objects other
+        than tensors, containers and numbers (a pickle that would execute code is refused).
+    """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"checkpoint {path} is a directory, not a checkpoint file")
     if not path.is_file():
         raise ValueError(f"checkpoint {path} does not exist")
     try:
-        ck = torch.load(path, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(_numpy_safe_globals()):
+            ck = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()
+        detail = next((ln.strip() for ln in first if "GLOBAL" in ln or "Unsupported" in ln), first[-1] if first else "")
+        raise ValueError(f"{path} is not a safe checkpoint: it holds objects other than tensors and plain data, "
+                         f"which are not loaded because unpickling them could execute code ({detail})") from exc
     except Exception as exc:  # truncated or foreign file
         raise ValueError(f"{path} is not a readable checkpoint: {exc}") from exc
     if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT or "model" not in ck:
@@ -176,18 +265,41 @@ def train(config: TrainConfig, out: Path, device: str = "cpu", resume: bool = Fa
     TensorBoard events under ``out/tb``. With ``resume``, continues from
     ``out/checkpoint.pt`` exactly where it stopped (same data, same state);
     a checkpoint made with another model or data configuration is refused.
+
+    On resume, the optimisation settings in :data:`RESUMABLE_CHANGES` (``lr``,
+    ``decay_steps``, ``decay_rate``, ``clip``, ``amp``) may differ from the
+    checkpoint's: the new values apply from the resumed step on (the learning
+    rate becomes ``lr * decay_rate ** (step / decay_steps)`` with the new
+    values), a warning is logged, and each change is appended to the
+    checkpoint's ``"changes"`` list as ``{"step", "setting", "old", "new"}``.
+
+    Raises
+    ------
+    ValueError
+        ``out`` exists and is not a directory; ``resume`` without
+        ``out/checkpoint.pt``; a checkpoint without ``resume``; a checkpoint
+        already at or beyond ``config.steps`` (nothing to do); another model or
+        data configuration; an unavailable ``device``.
+    FloatingPointError
+        The loss, the gradient norm or the updated parameters became NaN or
+        inf; the update is not checkpointed (the last checkpoint stays intact).
     """
+    from . import resolve_device
+
     out = Path(out)
-    rank, world = _distributed()
-    dev = torch.device(device)
-    if dev.type == "cuda" and world > 1:
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
-        torch.cuda.set_device(dev)
+    dev = resolve_device(device)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out {out} exists and is not a directory (the run folder)")
     ckpt_path = out / "checkpoint.pt"
     start = 0
     ck = None
-    if resume and ckpt_path.exists():
+    changes: list = []
+    if resume:
+        if not ckpt_path.exists():
+            raise ValueError(f"resume: there is no checkpoint {ckpt_path} to continue (drop --resume to start afresh)")
         ck = load_checkpoint(ckpt_path)
+        if not isinstance(ck.get("train_config"), dict):
+            raise ValueError(f"{ckpt_path} has no train_config: it is exported weights, not a training checkpoint")
         old = ck["train_config"]
         mine = config.to_dict()
         keys = ("model", "preset", "data", "seed", "batch")
@@ -195,8 +307,21 @@ def train(config: TrainConfig, out: Path, device: str = "cpu", resume: bool = Fa
             diff = [k for k in keys if old.get(k) != mine.get(k)]
             raise ValueError(f"checkpoint {ckpt_path} was made with another configuration ({', '.join(diff)} differ)")
         start = int(ck["step"])
-    elif ckpt_path.exists() and not resume:
+        if start >= config.steps:
+            raise ValueError(f"steps: the checkpoint {ckpt_path} is already at step {start} >= steps {config.steps}: "
+                             f"nothing to do (pass a larger --steps to train further)")
+        changes = list(ck.get("changes", []))
+        for k in RESUMABLE_CHANGES:
+            if k in old and old[k] != mine[k]:
+                log.warning("resuming at step %d with %s = %r (the checkpoint's run used %r): the new value applies "
+                            "from this step on", start, k, mine[k], old[k])
+                changes.append({"step": start, "setting": k, "old": old[k], "new": mine[k]})
+    elif ckpt_path.exists():
         raise ValueError(f"{ckpt_path} exists: pass resume=True (--resume) to continue it, or choose another --out")
+    rank, world = _distributed()
+    if dev.type == "cuda" and world > 1:
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+        torch.cuda.set_device(dev)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
 
@@ -209,6 +334,12 @@ def train(config: TrainConfig, out: Path, device: str = "cpu", resume: bool = Fa
         optimizer.load_state_dict(ck["optimizer"])
         scheduler.load_state_dict(ck["scheduler"])
         _set_rng_state(ck["rng"])
+        if any(c["step"] == start for c in changes):  # apply a new lr / schedule from this step on
+            scheduler.base_lrs = [config.lr for _ in optimizer.param_groups]
+            for g in optimizer.param_groups:
+                g["initial_lr"] = config.lr
+                g["lr"] = config.lr * _schedule(config)(start)
+            scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
@@ -264,15 +395,22 @@ def train(config: TrainConfig, out: Path, device: str = "cpu", resume: bool = Fa
             with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=use_amp):
                 ests = net(img, op, sig)
                 loss = sum(((e.float() - src) ** 2).sum(dim=(1, 2)).mean() for e in ests)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
-            optimizer.step()
-            scheduler.step()
-            step += 1
             value = float(loss.detach())
             if not math.isfinite(value):
-                raise FloatingPointError(f"training loss became {value} at step {step}")
+                raise FloatingPointError(f"training loss became {value} at step {step + 1}; not updating "
+                                         f"(the last checkpoint is intact)")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip))
+            if not math.isfinite(norm):
+                raise FloatingPointError(f"the gradient norm became {norm} at step {step + 1}; not updating "
+                                         f"(the last checkpoint is intact)")
+            optimizer.step()
+            if not _all_finite(model.parameters()):
+                raise FloatingPointError(f"the update of step {step + 1} made parameters NaN or inf (learning rate "
+                                         f"too large?); not checkpointed (the last checkpoint is intact)")
+            scheduler.step()
+            step += 1
             losses.append(value)
             n_last += config.batch * world
             if progress is not None and rank == 0:
@@ -294,7 +432,7 @@ def train(config: TrainConfig, out: Path, device: str = "cpu", resume: bool = Fa
                     if not math.isnan(val):
                         writer.add_scalar("val/rmse", val, step)
             if rank == 0 and (step % config.checkpoint_every == 0 or step == config.steps):
-                save_checkpoint(ckpt_path, model, optimizer, scheduler, step, config)
+                save_checkpoint(ckpt_path, model, optimizer, scheduler, step, config, changes)
     finally:
         if csv_file:
             csv_file.close()

@@ -8,54 +8,100 @@
 
 Checkpoints (model, optimiser, scheduler, RNG states, config, step) go to OUT/checkpoint.pt,
 losses and validation RMSE to OUT/log.csv (and TensorBoard under OUT/tb when installed).
+
+--resume continues OUT/checkpoint.pt (an error if there is none, or if it is already at --steps).
+The model, data, --preset, --seed and --batch must match the checkpoint; the optimisation settings
+--lr, --decay-steps, --decay-rate, --clip and --no-amp may change: the new values apply from the
+resumed step on (lr = LR * DECAY_RATE ** (step / DECAY_STEPS)), with a warning, and each change is
+recorded in the checkpoint's "changes" list. A NaN or inf loss, gradient or update stops the run
+(exit 1) without checkpointing it.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from pathlib import Path
 
+from rim import resolve_device
 from rim.model import RIMConfig
 from rim.train import TrainConfig, train
+
+
+def _integer(low: int):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {v}")
+        return v
+    return parse
+
+
+def _positive(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}") from None
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return v
+
+
+def _rate(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text!r}") from None
+    if not (math.isfinite(v) and 0 < v <= 1):
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text!r}")
+    return v
 
 
 def main(argv: list[str] | None = None) -> int:
     d, m = TrainConfig(), RIMConfig()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="cuda", help="cuda or cpu")
+    ap.add_argument("--device", default="cuda", help="cuda, cuda:N, cpu or mps")
     ap.add_argument("--out", type=Path, required=True, help="run folder (checkpoint.pt, log.csv, tb/)")
-    ap.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue from OUT/checkpoint.pt (required to exist); new --lr/--decay-*/--clip apply from "
+                         "the resumed step and are recorded")
     ap.add_argument("--data", default=None, help="HDF5 file(s), comma-separated; default: simulate on the fly")
     ap.add_argument("--preset", default=d.preset, choices=["realistic", "magnet"])
-    ap.add_argument("--seed", type=int, default=d.seed)
-    ap.add_argument("--batch", type=int, default=d.batch, help="lenses per step per process")
-    ap.add_argument("--steps", type=int, default=d.steps)
-    ap.add_argument("--lr", type=float, default=d.lr)
-    ap.add_argument("--decay-steps", type=float, default=d.decay_steps)
-    ap.add_argument("--decay-rate", type=float, default=d.decay_rate)
-    ap.add_argument("--clip", type=float, default=d.clip)
-    ap.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
-    ap.add_argument("--val-every", type=int, default=d.val_every)
-    ap.add_argument("--val-lenses", type=int, default=d.val_lenses)
-    ap.add_argument("--log-every", type=int, default=d.log_every)
-    ap.add_argument("--workers", type=int, default=d.workers, help="DataLoader processes building operators")
+    ap.add_argument("--seed", type=_integer(0), default=d.seed, help=">= 0")
+    ap.add_argument("--batch", type=_integer(1), default=d.batch, help="lenses per step per process (>= 1)")
+    ap.add_argument("--steps", type=_integer(1), default=d.steps, help="total optimisation steps (>= 1)")
+    ap.add_argument("--lr", type=_positive, default=d.lr, help="initial Adam learning rate (> 0)")
+    ap.add_argument("--decay-steps", type=_positive, default=d.decay_steps, help="steps per decay factor (> 0)")
+    ap.add_argument("--decay-rate", type=_rate, default=d.decay_rate, help="lr factor per DECAY_STEPS, in (0, 1]")
+    ap.add_argument("--clip", type=_positive, default=d.clip, help="gradient-norm clipping threshold (finite, > 0)")
+    ap.add_argument("--checkpoint-every", type=_integer(1), default=d.checkpoint_every, help="steps (>= 1)")
+    ap.add_argument("--val-every", type=_integer(1), default=d.val_every, help="steps (>= 1)")
+    ap.add_argument("--val-lenses", type=_integer(0), default=d.val_lenses, help=">= 0")
+    ap.add_argument("--log-every", type=_integer(1), default=d.log_every, help="steps (>= 1)")
+    ap.add_argument("--workers", type=_integer(0), default=d.workers, help="DataLoader processes building operators")
     ap.add_argument("--no-amp", action="store_true", help="disable bfloat16 autocast on GPU")
-    ap.add_argument("--rim-steps", type=int, default=m.steps, help="unrolled iterations T")
-    ap.add_argument("--embed", type=int, default=m.embed)
-    ap.add_argument("--hidden1", type=int, default=m.hidden1)
-    ap.add_argument("--hidden2", type=int, default=m.hidden2)
+    ap.add_argument("--rim-steps", type=_integer(1), default=m.steps, help="unrolled iterations T")
+    ap.add_argument("--embed", type=_integer(1), default=m.embed)
+    ap.add_argument("--hidden1", type=_integer(1), default=m.hidden1)
+    ap.add_argument("--hidden2", type=_integer(1), default=m.hidden2)
     ap.add_argument("--no-downsample", action="store_true")
     args = ap.parse_args(argv)
+    if args.out.exists() and not args.out.is_dir():
+        ap.error(f"--out {args.out} exists and is not a directory (the run folder)")
+    if args.resume and not (args.out / "checkpoint.pt").is_file():
+        ap.error(f"--resume: there is no checkpoint {args.out / 'checkpoint.pt'} to continue (drop --resume to "
+                 f"start afresh)")
+    try:
+        resolve_device(args.device)
+    except ValueError as exc:
+        ap.error(f"--device: {exc}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if args.device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            print("error: --device cuda but no CUDA device is available (use --device cpu)", file=sys.stderr)
-            return 2
     try:
         model = RIMConfig(steps=args.rim_steps, embed=args.embed, hidden1=args.hidden1, hidden2=args.hidden2,
                           downsample=not args.no_downsample)
@@ -86,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except FloatingPointError as exc:
+        print(f"error: training diverged: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
