@@ -202,14 +202,17 @@ def _open_part(parts_dir: Path, start: int, stop: int) -> Iterator[dict[str, np.
     yield arrays
 
 
-def _part_stop(path: Path) -> Optional[int]:
-    """One past the last lens of an existing part (from its index), or None if it cannot be read."""
+def _part_stop(path: Path, start: int) -> Optional[int]:
+    """One past the last lens of the existing part ``path`` that starts at lens ``start`` (from its index).
+
+    None if it cannot be read or does not start at ``start``.
+    """
     try:
         with np.load(path) as npz:
             index = npz["index"]
     except Exception:
         return None
-    if index.ndim != 1 or index.size == 0:
+    if index.ndim != 1 or index.size == 0 or index[0] != start:
         return None
     return int(index[-1]) + 1
 
@@ -228,7 +231,7 @@ def _plan_parts(parts_dir: Path, lo: int, hi: int, part_size: int) -> tuple[list
         except ValueError:
             continue
         if lo <= start < hi:
-            stop = _part_stop(f)
+            stop = _part_stop(f, start)
             if stop is not None and start < stop <= hi:
                 found[start] = stop
     starts = sorted(found)

@@ -102,10 +102,26 @@ def test_corrupted_middle_of_a_file_is_a_clear_error(tmp_path):
     data[mid:mid + 4096] = np.random.default_rng(1).integers(0, 256, 4096, dtype=np.uint8).tobytes()
     bad = tmp_path / "bad.h5"
     bad.write_bytes(bytes(data))
-    with pytest.raises(ValueError, match=r"lens \d+ of the data set \(entry \d+ of .*bad\.h5\).*corrupt"):
+    with pytest.raises(ValueError, match=r"bad\.h5.*corrupt|lens \d+ of the data set \(entry \d+ of .*bad\.h5\)"):
         with LensDataset(bad) as ds:
             for ex in ds:
                 pass
+
+
+def test_a_corrupted_chunk_names_the_lens(tmp_path):
+    path = build_dataset(tmp_path / "d.h5", 4, 3, CFG, part_size=2)
+    with h5py.File(path, "r") as f:
+        chunk = f["image"].id.get_chunk_info_by_coord((1, 0, 0))
+    data = bytearray(path.read_bytes())
+    at = chunk.byte_offset + chunk.size // 2
+    data[at:at + 16] = bytes(16)
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(bytes(data))
+    with LensDataset([path, bad]) as ds:  # opening reads images 0, 2 and 3 of each file: not this one
+        assert ds[1].index == 1 and ds[6].index == 2
+        with pytest.raises(ValueError, match=r"lens -3 of the data set \(entry 1 of .*bad\.h5\) cannot be read: "
+                                             r"the file is corrupt"):
+            ds[-3]
 
 
 def test_corrupted_small_arrays_fail_at_open(tmp_path):
