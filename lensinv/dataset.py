@@ -118,12 +118,25 @@ def _build_lock(path: Path) -> Iterator[Path]:
     the lock file is removed on a normal exit (while still held, so nobody locks a stale one).
     """
     lock = path.with_name(path.name + ".lock")
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no locking
-        log.warning("no fcntl on this platform: %s is built without a lock", path)
+    fd = _acquire_lock(path, lock)
+    if fd is None:
         yield lock
         return
+    try:
+        yield lock
+    finally:
+        with contextlib.suppress(OSError):
+            lock.unlink()
+        os.close(fd)
+
+
+def _acquire_lock(path: Path, lock: Path) -> Optional[int]:
+    """Open and ``flock`` ``lock`` (non-blocking); the descriptor, or None where locking is impossible."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        log.warning("no fcntl on this platform: %s is built without a lock", path)
+        return None
     while True:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -132,6 +145,10 @@ def _build_lock(path: Path) -> Iterator[Path]:
             os.close(fd)
             raise BuildLockedError(f"{path} is being built by another process (it holds the lock {lock}); "
                                    "wait for that build to finish, or choose another output") from None
+        except OSError as exc:  # a file system without flock (some network mounts): build as before
+            os.close(fd)
+            log.warning("cannot lock %s (%s): building %s without a lock", lock, exc, path)
+            return None
         except BaseException:
             os.close(fd)
             raise
@@ -140,13 +157,7 @@ def _build_lock(path: Path) -> Iterator[Path]:
         except FileNotFoundError:
             current = False
         if current:
-            break
-        os.close(fd)
-    try:
-        yield lock
-    finally:
-        with contextlib.suppress(OSError):
-            lock.unlink()
+            return fd
         os.close(fd)
 
 
