@@ -12,24 +12,37 @@ Layout of a file (all per-lens arrays have the lens axis first)::
     /psf               (n, K, K)       float64   [presets with a PSF]
     /operators/{indptr (n, ni^2+1) int64, offset (n+1,) int64, indices int32, data float32}
                                        F L in CSR, concatenated   [--store-operators]
+    /crc32             (n,) uint32     per lens, CRC-32 of its rows of the per-lens datasets that
+                                       have no Fletcher-32 filter (names in its attribute "fields")
+
+The bulk arrays (source, image, psf, operators) carry HDF5's Fletcher-32 checksum
+per chunk and the small per-lens arrays are covered by ``/crc32``, so
+:class:`LensDataset` reports a corrupted file as a ``ValueError`` naming the file
+and the lens. Files written before the checksums existed are read as before.
 
 Attributes record the format version, the package version, the full
 configuration (JSON), the seed, the shard and the grids.
 
 Building writes parts of a few lenses each, atomically (temporary file, then
 rename), into ``FILE.parts/``; a run that is killed at any moment continues
-from the parts that exist. When all parts exist they are merged into a
-temporary file that is renamed to ``FILE``. Each lens has its own random
-stream (seed, index), so the result does not depend on the number of workers.
+from the parts that exist (whatever part size they were built with). Each part
+records a CRC-32 of each of its arrays, checked when the parts are merged into
+a temporary file that is renamed to ``FILE``; a part that fails the check is
+rebuilt. Each lens has its own random stream (seed, index), so the result does
+not depend on the number of workers or the part size. A build holds an
+exclusive lock (``flock`` on ``FILE.lock``) from start to end, so a second
+build of the same file fails at once instead of corrupting it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import multiprocessing as mp
 import os
 import shutil
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence, Union
@@ -91,6 +104,86 @@ def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
         np.savez(f, **arrays)
 
 
+def _crc32(array: np.ndarray) -> int:
+    """CRC-32 of an array's bytes (C order)."""
+    return zlib.crc32(np.ascontiguousarray(array))
+
+
+def _row_crc32(arrays: Sequence[np.ndarray], n: int) -> np.ndarray:
+    """Per-row CRC-32 (uint32, shape ``(n,)``) of the bytes of row ``i`` of every array, in order.
+
+    Every array has ``n`` rows along its first axis: fixed-size dtypes, or 1-D object arrays of
+    ``bytes``/``str`` (variable-length strings such as the lens records), which are chained after them.
+    """
+    fixed = [a for a in arrays if a.dtype != object]
+    strings = [a for a in arrays if a.dtype == object]
+    if n == 0 or not fixed:
+        out = np.zeros(n, np.uint32)
+    else:
+        rows = np.concatenate([np.ascontiguousarray(a).reshape(n, -1).view(np.uint8) for a in fixed], axis=1)
+        out = np.fromiter((zlib.crc32(r) for r in rows), np.uint32, n)
+    for a in strings:
+        out = np.fromiter((zlib.crc32(v if isinstance(v, bytes) else str(v).encode("utf-8"), int(c))
+                           for v, c in zip(a, out)), np.uint32, n)
+    return out
+
+
+class BuildLockedError(ValueError):
+    """Another process is building the same data-set file."""
+
+
+@contextlib.contextmanager
+def _build_lock(path: Path) -> Iterator[Path]:
+    """Hold an exclusive lock for building ``path``: ``flock`` on ``FILE.lock`` beside it.
+
+    Non-blocking: raises :class:`BuildLockedError` (a ``ValueError``) at once if another
+    process holds it. The kernel drops the lock when the process exits, however it ends;
+    the lock file is removed on a normal exit (while still held, so nobody locks a stale one).
+    """
+    lock = path.with_name(path.name + ".lock")
+    fd = _acquire_lock(path, lock)
+    if fd is None:
+        yield lock
+        return
+    try:
+        yield lock
+    finally:
+        with contextlib.suppress(OSError):
+            lock.unlink()
+        os.close(fd)
+
+
+def _acquire_lock(path: Path, lock: Path) -> Optional[int]:
+    """Open and ``flock`` ``lock`` (non-blocking); the descriptor, or None where locking is impossible."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        log.warning("no fcntl on this platform: %s is built without a lock", path)
+        return None
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise BuildLockedError(f"{path} is being built by another process (it holds the lock {lock}); "
+                                   "wait for that build to finish, or choose another output") from None
+        except OSError as exc:  # a file system without flock (some network mounts): build as before
+            os.close(fd)
+            log.warning("cannot lock %s (%s): building %s without a lock", lock, exc, path)
+            return None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:  # the holder we raced with may have removed the file: only a lock on the file on disk counts
+            current = os.path.samestat(os.fstat(fd), os.stat(lock))
+        except FileNotFoundError:
+            current = False
+        if current:
+            return fd
+        os.close(fd)
+
+
 # --------------------------------------------------------------------------- parts
 
 _WORKER: dict = {}
@@ -105,6 +198,91 @@ def _init_worker(seed: int, config: SimulationConfig, store_operators: bool, par
 
 def _part_path(parts_dir: Path, start: int) -> Path:
     return parts_dir / f"part-{start:010d}.npz"
+
+
+_PART_CRC = "crc32"  # JSON {array name: CRC-32 of its bytes} inside each part
+
+
+class _BadPart(Exception):
+    """A part file that cannot be used (unreadable, inconsistent or failing its checksums)."""
+
+    def __init__(self, path: Path, start: int, reason: str) -> None:
+        super().__init__(f"part {path} is unusable: {reason}")
+        self.path, self.start = path, start
+
+
+@contextlib.contextmanager
+def _open_part(parts_dir: Path, start: int, stop: int) -> Iterator[dict[str, np.ndarray]]:
+    """Load part ``[start, stop)`` and check it (index, checksums); raises :class:`_BadPart`.
+
+    Parts written before checksums existed (no ``crc32`` entry) are only checked for their index.
+    """
+    path = _part_path(parts_dir, start)
+    try:
+        with np.load(path) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except Exception as exc:  # zip/npy errors of a damaged file come in many types
+        raise _BadPart(path, start, f"cannot be read ({type(exc).__name__}: {exc})") from None
+    index = arrays.get("index")
+    if index is None or not np.array_equal(index, np.arange(start, stop)):
+        raise _BadPart(path, start, f"it does not hold lenses {start}..{stop - 1}")
+    if _PART_CRC in arrays:
+        want = json.loads(str(arrays.pop(_PART_CRC)))
+        if sorted(want) != sorted(arrays):
+            raise _BadPart(path, start, f"arrays {sorted(arrays)} do not match its checksums {sorted(want)}")
+        bad = [k for k, v in arrays.items() if _crc32(v) != want[k]]
+        if bad:
+            raise _BadPart(path, start, f"checksum mismatch in {', '.join(bad)}")
+    yield arrays
+
+
+def _part_stop(path: Path, start: int) -> Optional[int]:
+    """One past the last lens of the existing part ``path`` that starts at lens ``start`` (from its index).
+
+    None if it cannot be read or does not start at ``start``.
+    """
+    try:
+        with np.load(path) as npz:
+            index = npz["index"]
+    except Exception:
+        return None
+    if index.ndim != 1 or index.size == 0 or index[0] != start:
+        return None
+    return int(index[-1]) + 1
+
+
+def _plan_parts(parts_dir: Path, lo: int, hi: int, part_size: int) -> tuple[list[tuple[int, int]], set[int]]:
+    """Cover ``[lo, hi)`` with the finished parts found in ``parts_dir`` and new ones of ``part_size``.
+
+    Returns the spans in order and the starts of those that are finished. Finished parts of any
+    size are reused where they tile the range; parts that overlap them are ignored (and rebuilt
+    over if they start a new span).
+    """
+    found: dict[int, int] = {}
+    for f in parts_dir.glob("part-*.npz"):
+        try:
+            start = int(f.name[5:-4])
+        except ValueError:
+            continue
+        if lo <= start < hi:
+            stop = _part_stop(f, start)
+            if stop is not None and start < stop <= hi:
+                found[start] = stop
+    starts = sorted(found)
+    spans: list[tuple[int, int]] = []
+    done: set[int] = set()
+    p = lo
+    while p < hi:
+        if p in found:
+            spans.append((p, found[p]))
+            done.add(p)
+            p = found[p]
+            continue
+        nxt = next((s for s in starts if s > p), hi)
+        stop = min(p + part_size, nxt, hi)
+        spans.append((p, stop))
+        p = stop
+    return spans, done
 
 
 def _build_part(span: tuple[int, int]) -> int:
@@ -125,6 +303,7 @@ def _build_part(span: tuple[int, int]) -> int:
         arrays["op_indptr"] = np.stack([m.indptr.astype(np.int64) for m in mats])
         arrays["op_indices"] = np.concatenate([m.indices.astype(np.int32) for m in mats])
         arrays["op_data"] = np.concatenate([m.data.astype(np.float32) for m in mats])
+    arrays[_PART_CRC] = np.array(json.dumps({k: _crc32(v) for k, v in arrays.items()}, sort_keys=True))
     _atomic_savez(_part_path(_WORKER["parts_dir"], start), arrays)
     return stop - start
 
@@ -174,7 +353,9 @@ def build_dataset(path: PathLike, n: int, seed: int, config: SimulationConfig = 
     shard : tuple of int
         ``(i, k)``: build only the ``i``-th of ``k`` equal slices of the indices.
     part_size : int, optional
-        Lenses per part file (default 32, or 4 with operators).
+        Lenses per new part file (default 32, or 4 with operators). Finished parts of an
+        interrupted run are reused whatever size they were built with (with a warning if
+        it differs from an explicit ``part_size``).
     progress : callable, optional
         Called with the number of lenses finished, as parts complete
         (including parts found from an earlier run).
@@ -183,6 +364,14 @@ def build_dataset(path: PathLike, n: int, seed: int, config: SimulationConfig = 
     -------
     Path
         The finished file.
+
+    Raises
+    ------
+    ValueError
+        Invalid arguments; ``path`` is a directory, or exists (or has an unfinished build)
+        with another configuration; another process is building ``path`` (a
+        :class:`BuildLockedError`, raised at once); a part fails its checksum again after
+        being rebuilt.
     """
     path = Path(path)
     n = int_at_least("n", n, 1)
@@ -190,8 +379,23 @@ def build_dataset(path: PathLike, n: int, seed: int, config: SimulationConfig = 
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     lo, hi = shard_range(n, shard)
-    part_size = int_at_least("part_size", part_size or (4 if store_operators else 32), 1)
+    explicit_size = part_size is not None
+    part_size = int_at_least("part_size", (4 if store_operators else 32) if part_size is None else part_size, 1)
     header = _header(n, int(seed), config, store_operators, shard)
+    if path.is_dir():
+        raise ValueError(f"output {path} is a directory; give a file name (e.g. {path / 'data.h5'})")
+    if lo == hi:
+        log.warning("%s: shard %d/%d of %d lenses is empty; writing a data set with no lenses", path, *shard, n)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _build_lock(path):
+        return _build_locked(path, header, lo, hi, int(seed), config, workers, store_operators, part_size,
+                             explicit_size, progress)
+
+
+def _build_locked(path: Path, header: dict, lo: int, hi: int, seed: int, config: SimulationConfig, workers: int,
+                  store_operators: bool, part_size: int, explicit_size: bool,
+                  progress: Optional[Callable[[int], None]]) -> Path:
+    """:func:`build_dataset` once its arguments are checked and it holds the build lock."""
     if path.exists():
         existing = _read_header(path)
         if existing == header:
@@ -211,12 +415,37 @@ def build_dataset(path: PathLike, n: int, seed: int, config: SimulationConfig = 
                              "refusing to mix them (remove it or use the original settings)")
     else:
         write_text_atomic(header_file, header_text)
-    spans = [(s, min(s + part_size, hi)) for s in range(lo, hi, part_size)]
-    todo = [sp_ for sp_ in spans if not _part_path(parts_dir, sp_[0]).exists()]
+    spans, finished = _plan_parts(parts_dir, lo, hi, part_size)
+    todo = [sp_ for sp_ in spans if sp_[0] not in finished]
+    odd = sorted({b - a for a, b in spans if a in finished and b != hi} - {part_size})
+    if odd:
+        log.log(logging.WARNING if explicit_size else logging.INFO,
+                "%s: reusing %d finished part(s) of %s lens(es) from an earlier run; new parts have %d",
+                parts_dir, len(finished), "/".join(map(str, odd)), part_size)
     if progress and len(todo) < len(spans):
         progress(sum(b - a for a, b in spans) - sum(b - a for a, b in todo))
     log.info("%s: %d of %d parts to build with %d worker(s)", path, len(todo), len(spans), workers)
     init_args = (int(seed), config, store_operators, str(parts_dir))
+    rebuilt: set[int] = set()
+    while True:
+        _build_parts(todo, workers, init_args, progress)
+        try:
+            _merge(path, parts_dir, spans, header, config)
+            break
+        except _BadPart as bad:
+            if bad.start in rebuilt:
+                raise ValueError(f"{bad}, even after rebuilding it; check the disk holding {parts_dir}") from None
+            log.warning("%s; rebuilding it", bad)
+            bad.path.unlink(missing_ok=True)
+            rebuilt.add(bad.start)
+            todo = [sp_ for sp_ in spans if sp_[0] == bad.start]
+    shutil.rmtree(parts_dir)
+    return path
+
+
+def _build_parts(todo: list[tuple[int, int]], workers: int, init_args: tuple,
+                 progress: Optional[Callable[[int], None]]) -> None:
+    """Build the parts ``todo`` (spans of lens indices) in this process or a pool of ``workers``."""
     if workers == 1 or len(todo) <= 1:
         import numba
 
@@ -231,9 +460,6 @@ def build_dataset(path: PathLike, n: int, seed: int, config: SimulationConfig = 
             for done in pool.imap_unordered(_build_part, todo):
                 if progress:
                     progress(done)
-    _merge(path, parts_dir, spans, header, config)
-    shutil.rmtree(parts_dir)
-    return path
 
 
 def _merge(path: Path, parts_dir: Path, spans: list[tuple[int, int]], header: dict, config: SimulationConfig) -> None:
@@ -243,37 +469,43 @@ def _merge(path: Path, parts_dir: Path, spans: list[tuple[int, int]], header: di
     m = sum(b - a for a, b in spans)
     ni, ns = pre.image_grid.n, pre.source_grid.n
     with atomic_path(path) as tmp:
-        gz = dict(compression="gzip", compression_opts=1, shuffle=True)
+        # Fletcher-32 on every chunked array: h5py then raises on reading a corrupted chunk
+        gz = dict(compression="gzip", compression_opts=1, shuffle=True, fletcher32=True)
+
+        def per_lens(name: str, tail: tuple[int, ...], dtype: type):
+            if m == 0:  # an empty shard: chunks may not exceed the (empty) shape
+                return f.create_dataset(name, (0, *tail), dtype)
+            return f.create_dataset(name, (m, *tail), dtype, chunks=(1, *tail), **gz)
+
         with h5py.File(tmp, "w") as f:
             f.attrs["header"] = json.dumps(header, sort_keys=True)
             f.attrs["lensinv_format"] = FORMAT_VERSION
             f.attrs["lensinv_version"] = _version()
             f.attrs["config"] = config.to_json()
             f.attrs["preset"] = pre.name
-            d_src = f.create_dataset("source", (m, ns, ns), np.float32, chunks=(1, ns, ns), **gz)
-            d_img = f.create_dataset("image", (m, ni, ni), np.float32, chunks=(1, ni, ni), **gz)
+            d_src = per_lens("source", (ns, ns), np.float32)
+            d_img = per_lens("image", (ni, ni), np.float32)
             d_sc = {k: f.create_dataset(k, (m,), dt) for k, dt in _SCALARS.items()}
             d_lens = f.create_dataset("lens/records", (m,), h5py.string_dtype())
             d_psf = None
             if pre.psf_fwhm is not None:
                 K = pre.psf_size
-                d_psf = f.create_dataset("psf", (m, K, K), np.float64, chunks=(1, K, K), **gz)
+                d_psf = per_lens("psf", (K, K), np.float64)
             if header["store_operators"]:
-                d_ptr = f.create_dataset("operators/indptr", (m, ni * ni + 1), np.int64, chunks=(1, ni * ni + 1), **gz)
-                d_off = f.create_dataset("operators/offset", (m + 1,), np.int64)
+                d_ptr = per_lens("operators/indptr", (ni * ni + 1,), np.int64)
+                d_off = f.create_dataset("operators/offset", (m + 1,), np.int64, chunks=True, fletcher32=True)
                 # column indices are stored as differences within each row (first entry absolute), which gzip
                 # shrinks well; the float32 values hardly compress and are stored raw
                 d_ind = f.create_dataset("operators/indices", (0,), np.int32, maxshape=(None,), chunks=(1 << 18,), **gz)
                 d_ind.attrs["encoding"] = "row-delta"
-                d_dat = f.create_dataset("operators/data", (0,), np.float32, maxshape=(None,), chunks=(1 << 18,))
+                d_dat = f.create_dataset("operators/data", (0,), np.float32, maxshape=(None,), chunks=(1 << 18,),
+                                         fletcher32=True)
                 offset = 0
                 d_off[0] = 0
             row = 0
             for a, b in spans:
-                with np.load(_part_path(parts_dir, a)) as part:
+                with _open_part(parts_dir, a, b) as part:
                     k = b - a
-                    if part["index"].shape != (k,) or part["index"][0] != a:
-                        raise ValueError(f"part {a} in {parts_dir} is inconsistent; remove it to rebuild")
                     d_src[row:row + k] = part["source"]
                     d_img[row:row + k] = part["image"]
                     for name, ds in d_sc.items():
@@ -293,6 +525,25 @@ def _merge(path: Path, parts_dir: Path, spans: list[tuple[int, int]], header: di
                         d_off[row + 1:row + k + 1] = offset + np.cumsum(nnz)
                         offset += total
                     row += k
+            _write_row_checksums(f, m)
+
+
+def _unchecked_per_lens(f, n: int) -> list[str]:
+    """Names of the datasets with ``n`` rows (one per lens) and a fixed-size dtype but no Fletcher-32."""
+    import h5py
+
+    names: list[str] = []
+    f.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) and obj.ndim >= 1
+                 and obj.shape[0] == n and not obj.fletcher32 and obj.dtype.kind in "biufcSVO" and name != "crc32"
+                 else None)
+    return sorted(names)
+
+
+def _write_row_checksums(f, m: int) -> None:
+    """Store ``/crc32``: per lens, the CRC-32 of its rows of the per-lens datasets without Fletcher-32."""
+    fields = _unchecked_per_lens(f, m)
+    d = f.create_dataset("crc32", data=_row_crc32([f[k][()] for k in fields], m))
+    d.attrs["fields"] = json.dumps(fields)
 
 
 def _row_delta(indices: np.ndarray, indptrs: np.ndarray) -> np.ndarray:
@@ -358,6 +609,37 @@ class Example:
         return operator(self.lens, self.image_grid, self.source_grid, psf=self.psf, supersample=self.supersample)
 
 
+def _check_file(f, path: Path, n: int, base: int) -> None:
+    """The cheap integrity checks of an open data-set file of ``n`` lenses (the first is lens ``base``).
+
+    Reads every small 1-D array in full (verifying Fletcher-32 where present), checks ``/crc32``
+    where present (files of older versions have none), and reads the first, middle and last image
+    and source (which also fails on a truncated file). Raises ``ValueError``, or ``OSError`` from h5py.
+    """
+    import h5py
+
+    if n == 0:
+        return
+    small: list[str] = []
+    f.visititems(lambda name, obj: small.append(name) if isinstance(obj, h5py.Dataset) and obj.ndim == 1
+                 and obj.shape[0] <= n + 1 else None)
+    for name in small:
+        f[name][()]
+    for name in ("image", "source"):
+        for j in sorted({0, n // 2, n - 1}):
+            f[name][j]
+    if "crc32" in f:
+        fields = json.loads(f["crc32"].attrs["fields"])
+        missing = [k for k in fields if k not in f]
+        if missing:
+            raise ValueError(f"{path} is incomplete: missing {', '.join(missing)}")
+        got = _row_crc32([f[k][()] for k in fields], n)
+        bad = np.flatnonzero(got != f["crc32"][()])
+        if bad.size:
+            raise ValueError(f"{path} is corrupt: {bad.size} lens(es) fail their checksum, the first being lens "
+                             f"{base + bad[0]} of the data set (entry {bad[0]} of this file)")
+
+
 _REQUIRED_COMMON = ("index", "source", "image", "sigma", "snr", "psf_fwhm", "magnification", "tries")
 _REQUIRED = {1: (*_REQUIRED_COMMON, *(f"lens/{k}" for k in _LEGACY_LENS_FIELDS)),
              2: (*_REQUIRED_COMMON, "lens/records")}
@@ -374,8 +656,11 @@ class LensDataset:
     Raises
     ------
     ValueError
-        A file is missing, truncated, not a lensinv data set, or incompatible
-        with the others (different grids, preset or configuration).
+        A file is missing, a directory, truncated, corrupt (a failed checksum in
+        what opening reads: the small per-lens arrays and a few chunks), not a
+        lensinv data set, or incompatible with the others (different grids,
+        preset or configuration). Reading a lens whose stored data are corrupt
+        (``ds[i]``) also raises ``ValueError``, naming the file and the index.
     """
 
     def __init__(self, paths: Union[PathLike, Sequence[PathLike]]) -> None:
@@ -390,6 +675,8 @@ class LensDataset:
         self._pid = os.getpid()
         lengths, headers = [], []
         for p in self.paths:
+            if p.is_dir():
+                raise ValueError(f"data set path {p} is a directory, not an HDF5 file (pass the files in it)")
             if not p.is_file():
                 raise ValueError(f"data set file {p} does not exist")
             try:
@@ -406,8 +693,8 @@ class LensDataset:
                     if bad:
                         raise ValueError(f"{p} is inconsistent: {', '.join(bad)} do not have {n} entries")
                     header = json.loads(f.attrs["header"])
-                    f["image"][n - 1]  # touches the last chunk: fails on a truncated file
-            except OSError as exc:
+                    _check_file(f, p, n, sum(lengths))
+            except (OSError, KeyError, RuntimeError) as exc:
                 raise ValueError(f"{p} cannot be read as HDF5 (truncated or corrupt?): {exc}") from None
             lengths.append(n)
             headers.append(header)
@@ -449,12 +736,20 @@ class LensDataset:
         n = len(self)
         if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer)):
             raise TypeError(f"index must be an integer, got {type(i).__name__}")
-        if i < 0:
-            i += n
+        given = int(i)
+        i = given + n if given < 0 else given
         if not 0 <= i < n:
-            raise IndexError(f"index {i} out of range for a data set of {n} lenses")
+            raise IndexError(f"index {given} out of range for a data set of {n} lenses")
         k = int(np.searchsorted(self._starts, i, side="right") - 1)
         j = int(i - self._starts[k])
+        try:
+            return self._example(k, j)
+        except (OSError, KeyError, RuntimeError) as exc:  # h5py: a failed checksum or filter, damaged metadata
+            raise ValueError(f"lens {given} of the data set (entry {j} of {self.paths[k]}) cannot be read: "
+                             f"the file is corrupt ({exc})") from None
+
+    def _example(self, k: int, j: int) -> Example:
+        """Entry ``j`` of file ``k``."""
         f = self._file(k)
         lens = _lens_from_json(f["lens/records"][j]) if "lens/records" in f else _legacy_lens(f, j)
         matrix = None

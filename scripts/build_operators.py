@@ -6,8 +6,10 @@ optionally, each lens's sparse operator F L) into an HDF5 file.
     python scripts/build_operators.py --n 100000 --seed 1 --out data/train-003.h5 --shard 3/16   # one array job
 
 Deterministic (lens i draws from the stream (seed, i), whatever --workers is) and
-resumable: rerun the same command after an interruption and it finishes the file.
-A file or unfinished build with another configuration is refused, never overwritten.
+resumable: rerun the same command after an interruption and it finishes the file
+(reusing the finished parts, whatever --part-size they were built with).
+A file or unfinished build with another configuration is refused, never overwritten,
+and a second build of the same --out while one runs fails at once (exit code 2).
 """
 
 from __future__ import annotations
@@ -34,12 +36,23 @@ def parse_shard(text: str) -> tuple[int, int]:
     return i, k
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (argparse names the flag in its error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, required=True, help="lenses in the whole data set (all shards)")
+    ap.add_argument("--n", type=positive_int, required=True, help="lenses in the whole data set (all shards)")
     ap.add_argument("--seed", type=int, required=True, help="data-set seed")
     ap.add_argument("--out", type=Path, required=True, help="output HDF5 file")
-    ap.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    ap.add_argument("--workers", type=positive_int, default=1, help="worker processes (default 1)")
     ap.add_argument("--preset", choices=sorted(PRESETS), default="realistic",
                     help="observation preset: realistic (HST-like PSF and noise) or magnet (the seed's noise-free, "
                          "PSF-free images)")
@@ -49,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--store-operators", action="store_true", help="also store each lens's F L (CSR)")
     ap.add_argument("--shard", type=parse_shard, default=(0, 1), metavar="i/k",
                     help="build only the i-th of k slices of the indices (cluster array jobs)")
-    ap.add_argument("--part-size", type=int, default=None, help="lenses per resumable part (default 32, 4 with operators)")
+    ap.add_argument("--part-size", type=positive_int, default=None,
+                    help="lenses per resumable part (default 32, 4 with operators)")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
@@ -66,7 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"wrote {args.out} (lenses {lo}..{hi - 1} of {args.n})")
+    if lo == hi:
+        print(f"wrote {args.out} (no lenses: shard {args.shard[0]}/{args.shard[1]} of {args.n} lenses is empty)")
+    else:
+        print(f"wrote {args.out} (lenses {lo}..{hi - 1} of {args.n})")
     return 0
 
 

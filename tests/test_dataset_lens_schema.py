@@ -40,7 +40,7 @@ def test_format_1_files_still_read(tmp_path):
         fields = {"theta_E": [c.theta_E for c in sie], "q": [c.q for c in sie], "phi": [c.phi for c in sie],
                   "center_x": [c.center[0] for c in sie], "center_y": [c.center[1] for c in sie],
                   "gamma": [c.gamma for c in shear], "gamma_phi": [c.phi for c in shear]}
-        del f["lens/records"]
+        del f["lens/records"], f["crc32"]  # format 1 had neither
         for k, v in fields.items():
             f[f"lens/{k}"] = np.array(v)
         f.attrs["lensinv_format"] = 1
@@ -50,8 +50,9 @@ def test_format_1_files_still_read(tmp_path):
 
 def test_unknown_profile_in_a_file_raises(tmp_path):
     path = build_dataset(tmp_path / "x.h5", 1, 5, CFG)
-    with h5py.File(path, "r+") as f:
+    with h5py.File(path, "r+") as f:  # as a newer version with a profile unknown here might write it
         f["lens/records"][0] = '[["NOPE", {"theta_E": 1.0}]]'
+        del f["crc32"]
     with LensDataset(path) as ds, pytest.raises(ValueError, match="unknown mass profile 'NOPE'"):
         ds[0]
 
