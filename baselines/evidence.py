@@ -74,14 +74,14 @@ class Prior:
     log_det: float
 
 
-def restricted_prior(regularization: Regularization, unknowns: np.ndarray, n_src: int) -> Prior:
-    """``H`` of an ``n_src x n_src`` grid restricted to the flat pixel indices ``unknowns``."""
-    H = regularization.matrix(n_src)
+def restricted_prior(regularization: Regularization, unknowns: np.ndarray, source_n: int) -> Prior:
+    """``H`` of a ``source_n x source_n`` grid restricted to the flat pixel indices ``unknowns``."""
+    H = regularization.matrix(source_n)
     logdet = None
     if unknowns.size < H.shape[0]:
         H = H[unknowns][:, unknowns].tocsr()
     else:
-        logdet = regularization.log_det(n_src)  # analytic for the whole grid where known
+        logdet = regularization.log_det(source_n)  # analytic for the whole grid where known
     return Prior(regularization=regularization, H=H, log_det=logdet_spd(H) if logdet is None else logdet)
 
 

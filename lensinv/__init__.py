@@ -12,13 +12,14 @@ from .grids import ImageGrid, SourceGrid  # noqa: E402
 from .mass import EPL, SIE, ExternalShear, Lens, MassProfile  # noqa: E402
 from .operator import DEFAULT_SUPERSAMPLE, LensOperator, lensing_matrix, operator, psf_matrix  # noqa: E402
 from .dataset import LensDataset  # noqa: E402
+from .observation import Observation  # noqa: E402
 from .protocol import ObservationOperator  # noqa: E402
 from .psf import airy_psf, gaussian_psf, psf_from_fits, validate_kernel  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "DEFAULT_SUPERSAMPLE", "EPL", "ExternalShear", "ImageGrid", "Lens", "LensDataset", "LensOperator", "MassProfile", "ObservationOperator", "SIE", "SourceGrid",
+    "DEFAULT_SUPERSAMPLE", "EPL", "ExternalShear", "ImageGrid", "Lens", "LensDataset", "LensOperator", "MassProfile", "Observation", "ObservationOperator", "SIE", "SourceGrid",
     "airy_psf", "gaussian_psf", "lensing_matrix", "operator", "psf_from_fits", "psf_matrix",
     "validate_kernel", "__version__",
 ]

@@ -55,6 +55,7 @@ from .io import atomic_path, atomic_write, write_text_atomic
 from .grids import ImageGrid, SourceGrid
 from .mass import SIE, ExternalShear, Lens
 from .operator import LensOperator, operator
+from .observation import Observation
 from .simulate import SimulationConfig, simulate
 
 log = logging.getLogger(__name__)
@@ -567,46 +568,8 @@ def _row_undelta(delta: np.ndarray, indptr: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- reader
 
 
-@dataclass(frozen=True, eq=False)
-class Example:
-    """One stored lens.
-
-    Attributes
-    ----------
-    index : int
-        Global index (the lens's random stream).
-    lens : Lens
-    source : ndarray
-        ``(n_src, n_src)`` float64, peak 1.
-    image : ndarray
-        ``(n_img, n_img)`` float64 observed image.
-    sigma : float
-        Noise standard deviation (0 for noise-free data), image units.
-    psf : ndarray or None
-    psf_fwhm, snr, magnification : float
-    image_grid, source_grid : ImageGrid, SourceGrid
-    supersample : int
-    stored_matrix : scipy.sparse.csr_matrix or None
-        The stored ``F L`` (float32 values) when the file has operators.
-    """
-
-    index: int
-    lens: Lens
-    source: np.ndarray
-    image: np.ndarray
-    sigma: float
-    psf: Optional[np.ndarray]
-    psf_fwhm: float
-    snr: float
-    magnification: float
-    image_grid: ImageGrid
-    source_grid: SourceGrid
-    supersample: int
-    stored_matrix: Optional[sp.csr_matrix] = None
-
-    def operator(self) -> LensOperator:
-        """The lens's forward operator, rebuilt exactly (float64) from its parameters."""
-        return operator(self.lens, self.image_grid, self.source_grid, psf=self.psf, supersample=self.supersample)
+#: Kept for compatibility: a stored lens is an :class:`lensinv.observation.Observation`.
+Example = Observation
 
 
 def _check_file(f, path: Path, n: int, base: int) -> None:
@@ -732,7 +695,7 @@ class LensDataset:
             f.close()
         self._files = {}
 
-    def __getitem__(self, i: int) -> Example:
+    def __getitem__(self, i: int) -> Observation:
         n = len(self)
         if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer)):
             raise TypeError(f"index must be an integer, got {type(i).__name__}")
@@ -748,7 +711,7 @@ class LensDataset:
             raise ValueError(f"lens {given} of the data set (entry {j} of {self.paths[k]}) cannot be read: "
                              f"the file is corrupt ({exc})") from None
 
-    def _example(self, k: int, j: int) -> Example:
+    def _example(self, k: int, j: int) -> Observation:
         """Entry ``j`` of file ``k``."""
         f = self._file(k)
         lens = _lens_from_json(f["lens/records"][j]) if "lens/records" in f else _legacy_lens(f, j)
@@ -760,14 +723,14 @@ class LensDataset:
             indices = _row_undelta(f["operators/indices"][off:off + nnz], indptr)
             matrix = sp.csr_matrix((f["operators/data"][off:off + nnz], indices, indptr),
                                    shape=(self.image_grid.size, self.source_grid.size))
-        return Example(index=int(f["index"][j]), lens=lens, source=f["source"][j].astype(np.float64),
-                       image=f["image"][j].astype(np.float64), sigma=float(f["sigma"][j]),
-                       psf=f["psf"][j] if "psf" in f else None, psf_fwhm=float(f["psf_fwhm"][j]),
-                       snr=float(f["snr"][j]), magnification=float(f["magnification"][j]),
-                       image_grid=self.image_grid, source_grid=self.source_grid, supersample=self.supersample,
-                       stored_matrix=matrix)
+        return Observation(index=int(f["index"][j]), lens=lens, source=f["source"][j].astype(np.float64),
+                           image=f["image"][j].astype(np.float64), sigma=float(f["sigma"][j]),
+                           psf=f["psf"][j] if "psf" in f else None, psf_fwhm=float(f["psf_fwhm"][j]),
+                           snr=float(f["snr"][j]), magnification=float(f["magnification"][j]),
+                           image_grid=self.image_grid, source_grid=self.source_grid,
+                           supersample=self.supersample, tries=int(f["tries"][j]), stored_matrix=matrix)
 
-    def __iter__(self) -> Iterator[Example]:
+    def __iter__(self) -> Iterator[Observation]:
         for i in range(len(self)):
             yield self[i]
 

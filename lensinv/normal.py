@@ -64,14 +64,14 @@ def sparse_normal_matrix(M: sp.spmatrix, weights: np.ndarray, unknowns: Optional
     return sp.csr_matrix((val, ind, ptr), shape=(n, n))
 
 
-def lens_psf_normal_matrix(L: sp.csr_matrix, psf: np.ndarray, n_img: int, n_src: int, weights: np.ndarray,
+def lens_psf_normal_matrix(L: sp.csr_matrix, psf: np.ndarray, image_n: int, source_n: int, weights: np.ndarray,
                            unknowns: Optional[np.ndarray] = None) -> np.ndarray:
     """``(F L)^T diag(w) (F L)`` as ``L^T (F^T diag(w) F) L``, dense, upper triangle (see
-    :func:`sparse_normal_matrix` for the layout), restricted to ``unknowns``."""
+    :func:`sparse_normal_matrix` for the layout), restricted to ``unknowns``; ``image_n``, ``source_n`` are the grid sides (pixels)."""
     w = _weights(weights, L.shape[0])
     idx = np.arange(L.shape[1]) if unknowns is None else np.asarray(unknowns, dtype=np.int64)
     row_of = np.full(L.shape[1], -1, dtype=np.int64)
     row_of[idx] = np.arange(idx.size)
     Lc = L.tocsc()
-    return _normal_kernels.psf_normal_matrix(n_img, psf, w, L.indptr, L.indices, L.data, Lc.indptr, Lc.indices,
-                                             Lc.data, n_src, row_of, idx.size)
+    return _normal_kernels.psf_normal_matrix(image_n, psf, w, L.indptr, L.indices, L.data, Lc.indptr, Lc.indices,
+                                             Lc.data, source_n, row_of, idx.size)

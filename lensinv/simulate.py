@@ -16,6 +16,7 @@ import numpy as np
 
 from ._validate import finite_float, int_at_least
 from .grids import ImageGrid, SourceGrid
+from .observation import Observation
 from .mass import SIE, ExternalShear, Lens
 from .operator import LensOperator, lensing_matrix
 from .psf import gaussian_psf, validate_kernel
@@ -147,44 +148,8 @@ class SimulationConfig:
                            "sources": src_desc}, sort_keys=True)
 
 
-@dataclass(frozen=True, eq=False)
-class Simulated:
-    """One simulated observation.
-
-    Attributes
-    ----------
-    index : int
-    lens : Lens
-    source : ndarray
-        ``(n_src, n_src)``, peak 1.
-    image : ndarray
-        ``(n_img, n_img)`` observed image ``F L s + noise``.
-    sigma : float
-        Noise standard deviation (0 for noise-free presets), image units.
-    psf : ndarray or None
-        The PSF kernel.
-    psf_fwhm : float
-        Its FWHM in arcsec (0 without a PSF).
-    snr : float
-        Peak signal-to-noise of the lensed image (inf when noise-free).
-    magnification : float
-        Image flux over source flux.
-    tries : int
-        Draws needed to pass the magnification cut.
-    op : LensOperator
-    """
-
-    index: int
-    lens: Lens
-    source: np.ndarray
-    image: np.ndarray
-    sigma: float
-    psf: Optional[np.ndarray]
-    psf_fwhm: float
-    snr: float
-    magnification: float
-    tries: int
-    op: LensOperator
+#: Kept for compatibility: a simulation is an :class:`lensinv.observation.Observation`.
+Simulated = Observation
 
 
 def lens_rng(seed: int, index: int) -> np.random.Generator:
@@ -212,7 +177,7 @@ def _padded_gaussian(fwhm: float, pixel_scale: float, size: int) -> np.ndarray:
     return out
 
 
-def simulate(index: int, seed: int, config: SimulationConfig) -> Simulated:
+def simulate(index: int, seed: int, config: SimulationConfig) -> Observation:
     """Simulate lens ``index`` of the data set ``(seed, config)``.
 
     Draws a lens and a source until the magnification reaches
@@ -244,5 +209,6 @@ def simulate(index: int, seed: int, config: SimulationConfig) -> Simulated:
         snr = math.exp(rng.uniform(math.log(pre.snr[0]), math.log(pre.snr[1])))
         sigma = float(clean.max()) / snr
         image = clean + rng.normal(0.0, sigma, clean.shape)
-    return Simulated(index=index, lens=lens, source=source, image=image, sigma=sigma, psf=psf, psf_fwhm=fwhm,
-                     snr=snr, magnification=mu, tries=tries, op=op)
+    return Observation(index=index, lens=lens, source=source, image=image, sigma=sigma, psf=psf, psf_fwhm=fwhm,
+                       snr=snr, magnification=mu, image_grid=pre.image_grid, source_grid=pre.source_grid,
+                       supersample=pre.supersample, tries=tries, _operator=op)

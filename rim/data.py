@@ -32,6 +32,11 @@ from .physics import BatchedOperator
 
 @dataclass(frozen=True, eq=False)
 class Sample:
+    """What a training batch needs of one :class:`lensinv.Observation`, and no more: the arrays and
+    the operator as a matrix (``L``, blurred by ``psf`` on the device; or a stored ``F L`` with
+    ``psf`` None), cheap to send from DataLoader workers. Not a second observation record: the
+    lens, grids and metadata stay in the Observation."""
+
     index: int
     source: np.ndarray
     image: np.ndarray

@@ -219,28 +219,6 @@ def _int_at_least(low: int) -> Callable[[str], int]:
     return parse
 
 
-def check_device(name: str) -> str | None:
-    """Why torch cannot use device ``name`` (None when it can). A local check until
-    ``rim.resolve_device`` lands."""
-    import torch
-
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, ValueError, TypeError) as exc:
-        return f"{name!r} is not a torch device ({exc})"
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            return f"{name!r}: CUDA is not available on this machine"
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            return f"{name!r}: there are only {torch.cuda.device_count()} CUDA devices"
-    elif dev.type == "mps":
-        if not torch.backends.mps.is_available():
-            return f"{name!r}: MPS is not available on this machine"
-    elif dev.type != "cpu":
-        return f"{name!r}: only cpu, cuda and mps devices are supported"
-    return None
-
-
 FIELDS = ("lens", "method", "snr", "psf_fwhm", "theta_E", "true_flux", "flux", *METRICS)
 
 
@@ -281,9 +259,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="lenses in the example figure (0: no example figure)")
     ap.add_argument("--device", default="cpu", help="torch device for the RIM (cpu, cuda, cuda:1, mps)")
     args = ap.parse_args(argv)
-    why = check_device(args.device)
-    if why is not None:
-        ap.error(f"argument --device: {why}")
+    try:
+        rim.resolve_device(args.device)
+    except ValueError as exc:
+        ap.error(f"argument --device: {exc}")
     if args.out.exists() and not args.out.is_dir():
         ap.error(f"argument --out: {args.out} exists and is not a folder")
     forms = tuple(f.strip() for f in args.forms.split(",") if f.strip())

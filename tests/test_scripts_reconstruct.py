@@ -164,7 +164,6 @@ def test_rim_refuses_a_tiny_image(rec, obs, tiny_rim, tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
-@pytest.mark.xfail(strict=False, reason="needs rim equivariance (h-rim branch)")
 def test_rim_on_an_image_in_counts_scales_the_source(rec, obs, tiny_rim, tmp_path):
     img, sigma, path = obs
     c = 5000.0
