@@ -175,7 +175,7 @@ def test_cuda_without_a_gpu_fails_up_front(cmp, tiny_data, tiny_model, tmp_path,
     with pytest.raises(SystemExit) as e:
         _main(cmp, tiny_data, tmp_path / "out", tiny_model, "--device", "cuda")
     err = capsys.readouterr().err
-    assert e.value.code == 2 and "--device" in err and "CUDA is not available" in err
+    assert e.value.code == 2 and "--device" in err and "no CUDA device is available" in err
 
 
 def test_out_an_existing_file_is_refused(cmp, tiny_data, tiny_model, tmp_path, capsys):
