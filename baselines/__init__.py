@@ -12,7 +12,7 @@ The pieces ``invert`` composes are public too: :func:`normal_equations`,
 """
 
 from .evidence import EvidenceSearch, Prior, restricted_prior, search_evidence
-from .inversion import InversionResult, invert
+from .inversion import InversionResult, invert, invert_by_evidence
 from .masks import arc_mask
 from .normal_equations import NormalEquations, normal_equations
 from .regularization import FORMS, Curvature, Gradient, Regularization, Zeroth, regularization_matrix
@@ -20,5 +20,5 @@ from .solvers import NotPositiveDefiniteError, have_cholmod
 from .warren_dye import warren_dye_setup
 
 __all__ = ["Curvature", "EvidenceSearch", "FORMS", "Gradient", "InversionResult", "NormalEquations",
-           "NotPositiveDefiniteError", "Prior", "Regularization", "Zeroth", "arc_mask", "have_cholmod", "invert",
+           "NotPositiveDefiniteError", "Prior", "Regularization", "Zeroth", "arc_mask", "have_cholmod", "invert", "invert_by_evidence",
            "normal_equations", "regularization_matrix", "restricted_prior", "search_evidence", "warren_dye_setup"]

@@ -33,7 +33,7 @@ from .solvers import NotPositiveDefiniteError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["InversionResult", "NotPositiveDefiniteError", "invert"]
+__all__ = ["InversionResult", "NotPositiveDefiniteError", "invert", "invert_by_evidence"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -180,6 +180,35 @@ def invert(op: Any, image: np.ndarray, sigma: Union[float, np.ndarray],
     timings["extras"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     return _result(neq, search, form, t_opt, chi2, std, timings)
+
+
+def invert_by_evidence(op: Any, image: np.ndarray, sigma: Union[float, np.ndarray],
+                       forms: tuple = ("gradient", "curvature"), **kwargs: Any) -> InversionResult:
+    """:func:`invert` with each regularization in ``forms``; the result of highest evidence.
+
+    Parameters
+    ----------
+    op, image, sigma
+        As for :func:`invert`.
+    forms : sequence of str or Regularization
+        The candidates (at least one).
+    **kwargs
+        Passed to :func:`invert` (``mask``, ``prior_mean``, ``lam_tol``, ...; not ``regularization``).
+
+    Examples
+    --------
+    The learned-prior route of issue 13 (``rim+wd``): a network's estimate as the prior mean,
+
+    >>> s0 = model.reconstruct(op, image, sigma)                       # doctest: +SKIP
+    >>> res = invert_by_evidence(op, image, sigma, prior_mean=s0)       # doctest: +SKIP
+    """
+    if "regularization" in kwargs:
+        raise ValueError("invert_by_evidence chooses the regularization: pass forms=..., not regularization")
+    forms = tuple(forms)
+    if not forms:
+        raise ValueError("forms must name at least one regularization")
+    results = [invert(op, image, sigma, regularization=f, **kwargs) for f in forms]
+    return max(results, key=lambda r: r.log_evidence)
 
 
 def _check_lam(lam: Optional[float]) -> Optional[float]:
