@@ -151,7 +151,8 @@ def airy_psf(fwhm: float, pixel_scale: float, size: int | None = None, oversampl
         Odd side length in pixels, at most :data:`MAX_KERNEL_SIZE` (1025); default reaches
         four times the first-zero radius (at least 3).
     oversample : int
-        Sub-pixel sampling per axis used to integrate over pixels (>= 1).
+        Sub-pixel sampling per axis used to integrate over pixels (>= 1, and
+        ``size * oversample <= 10250``).
 
     Returns
     -------
@@ -174,6 +175,10 @@ def airy_psf(fwhm: float, pixel_scale: float, size: int | None = None, oversampl
     oversample = int_at_least("oversample", oversample, 1)
     radius = AIRY_ZERO_PER_FWHM * fwhm / pixel_scale
     size = _kernel_size(size, 4.0 * radius, fwhm, pixel_scale, "four first-zero radii")
+    if size * oversample > MAX_KERNEL_SIZE * 10:
+        raise ValueError(f"oversample={oversample} with a {size}-pixel kernel samples {size * oversample} points per "
+                         f"side; at most {MAX_KERNEL_SIZE * 10} are sampled, so oversample must be "
+                         f"<= {MAX_KERNEL_SIZE * 10 // size}")
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", AstropyUserWarning)  # "cannot be normalized": refused below, by name
         arr = AiryDisk2DKernel(radius, x_size=size, y_size=size, mode="oversample", factor=oversample).array

@@ -142,3 +142,10 @@ def test_fits_bad_extension_and_directory(tmp_path):
             psf_from_fits(path, hdu=bad)
     np.testing.assert_allclose(psf_from_fits(path, hdu=np.int64(1)), 1 / 9)
     np.testing.assert_allclose(psf_from_fits(path, hdu="PSF"), 1 / 9)
+
+
+def test_airy_oversample_is_capped():
+    # oversample=10**20 used to raise astropy's unnamed "Maximum allowed size exceeded"
+    with pytest.raises(ValueError, match="oversample"):
+        airy_psf(0.3, 0.2, oversample=10**20)
+    assert airy_psf(0.3, 0.2, oversample=100).shape == (17, 17)
