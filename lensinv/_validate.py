@@ -63,3 +63,22 @@ def pixel_array(name: str, values: np.ndarray, n: int, *, finite: bool = True) -
     if finite and not np.all(np.isfinite(flat)):
         raise ValueError(f"{name} contains NaN or inf values")
     return flat, was_2d
+
+
+def real_array(name: str, values: np.ndarray, *, finite: bool = True) -> np.ndarray:
+    """Return ``values`` as a float64 array, or raise ``ValueError`` naming ``name``.
+
+    Complex values (the imaginary part would be dropped), strings and objects that are not
+    numbers are refused; with ``finite`` so are NaN and inf.
+    """
+    raw = np.asarray(values)
+    if np.iscomplexobj(raw):
+        raise ValueError(f"{name} must be real, got a complex array (the imaginary part would be dropped)")
+    try:
+        arr = raw.astype(np.float64, copy=False)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be an array of real numbers, got {type(values).__name__} "
+                         f"of dtype {raw.dtype}") from None
+    if finite and not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} contains NaN or inf values")
+    return arr

@@ -63,7 +63,7 @@ class ImageGrid(_Grid):
     n : int
         Pixels per side (>= 2).
     pixel_scale : float
-        Pixel size in arcsec (> 0). The default 192 x 0.04 arcsec is the seed's
+        Pixel size in arcsec (> 0, with ``n * pixel_scale`` finite). The default 192 x 0.04 arcsec is the seed's
         7.68 arcsec field.
     """
 
@@ -73,6 +73,9 @@ class ImageGrid(_Grid):
     def __post_init__(self) -> None:
         object.__setattr__(self, "n", int_at_least("n", self.n, 2))
         object.__setattr__(self, "pixel_scale", positive_float("pixel_scale", self.pixel_scale))
+        if not np.isfinite(self.n * self.pixel_scale):
+            raise ValueError(f"pixel_scale={self.pixel_scale!r} arcsec times n={self.n} pixels overflows: "
+                             f"the field of view must be finite")
 
     @property
     def delta(self) -> float:
@@ -94,7 +97,8 @@ class SourceGrid(_Grid):
     n : int
         Pixels per side (>= 2).
     fov : float
-        Side length in arcsec (> 0); the pixel size is ``fov / n``. The default
+        Side length in arcsec (finite, > 0); the pixel size is ``fov / n`` (which must not
+        underflow to 0). The default
         1.5 arcsec matches the seed's source grid.
     """
 
@@ -104,6 +108,8 @@ class SourceGrid(_Grid):
     def __post_init__(self) -> None:
         object.__setattr__(self, "n", int_at_least("n", self.n, 2))
         object.__setattr__(self, "fov", positive_float("fov", self.fov))
+        if not self.fov / self.n > 0:
+            raise ValueError(f"fov={self.fov!r} arcsec over n={self.n} pixels underflows to a pixel size of 0")
 
     @property
     def delta(self) -> float:

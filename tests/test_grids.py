@@ -33,3 +33,19 @@ def test_defaults_are_the_seeds_grids():
 def test_invalid_grids(cls, kwargs, name):
     with pytest.raises(ValueError, match=name):
         cls(**kwargs)
+
+
+@pytest.mark.parametrize("cls, kwargs, name", [
+    (SourceGrid, {"n": 8, "fov": 5e-324}, "fov"),  # fov / n underflowed to a pixel size of 0
+    (ImageGrid, {"n": 16, "pixel_scale": 1.2e307}, "pixel_scale"),  # n * pixel_scale overflowed to inf
+])
+def test_grid_extremes_are_refused(cls, kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        cls(**kwargs)
+
+
+def test_grid_extremes_that_are_fine():
+    g = ImageGrid(16, 5e-324)
+    assert g.delta > 0 and np.all(np.isfinite(g.axis))
+    s = SourceGrid(8, 1e300)
+    assert np.isfinite(s.extent).all() and s.delta == pytest.approx(1.25e299)

@@ -84,3 +84,68 @@ def test_invalid_kernels(kernel, msg):
 def test_invalid_psf_parameters(fn, kwargs, name):
     with pytest.raises(ValueError, match=name):
         fn(**kwargs)
+
+
+@pytest.mark.parametrize("fn", [gaussian_psf, airy_psf])
+def test_default_kernel_size_is_capped(fn):
+    # fwhm=100 arcsec at 0.04 arcsec pixels used to build an 8495 x 8495 (577 MB) kernel silently
+    from lensinv.psf import MAX_KERNEL_SIZE
+
+    with pytest.raises(ValueError, match=r"fwhm=100.*pixel_scale=0\.04.*1025"):
+        fn(100.0, 0.04)
+    with pytest.raises(ValueError, match="fwhm"):  # fwhm / pixel_scale overflows to inf
+        fn(1e300, 1e-300)
+    with pytest.raises(ValueError, match="size"):
+        fn(0.1, 0.04, size=MAX_KERNEL_SIZE + 2)
+    k = fn(100.0, 0.04, size=33)  # an explicit size truncates instead
+    assert k.shape == (33, 33) and k.sum() == pytest.approx(1.0)
+    big = fn(0.999 * 512 * 0.04 * (2.3548 / 4 if fn is gaussian_psf else 1 / (4 * 1.1853)), 0.04)
+    assert big.shape[0] <= MAX_KERNEL_SIZE
+
+
+def test_tiny_fwhm_gives_a_delta_or_names_fwhm():
+    k = gaussian_psf(1e-300, 1e300)  # sigma underflows to 0: a delta, without warnings
+    assert k[1, 1] == 1.0 and k.sum() == 1.0
+    with pytest.raises(ValueError, match="fwhm"):
+        airy_psf(1e-300, 1.0)
+
+
+@pytest.mark.parametrize("kernel, msg", [
+    ("abc", "real numbers"), (np.ones((3, 3)) * 1j, "complex"), (np.array([["a", "b", "c"]] * 3), "real numbers"),
+])
+def test_kernel_dtype_is_named(kernel, msg):
+    with pytest.raises(ValueError, match=msg):
+        validate_kernel(kernel, name="psf")
+
+
+def test_kernel_extreme_magnitudes_normalise():
+    for scale in (1e308, 1e-320):
+        k = validate_kernel(np.full((3, 3), scale))
+        np.testing.assert_allclose(k, 1 / 9, rtol=1e-12)
+
+
+def test_fits_bad_extension_and_directory(tmp_path):
+    from astropy.io import fits
+
+    path = tmp_path / "psf.fits"
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(np.ones((3, 3)), name="PSF")]).writeto(path)
+    with pytest.raises(ValueError, match=r"no extension 5 \(it has 2: PRIMARY, PSF\)"):
+        psf_from_fits(path, hdu=5)
+    with pytest.raises(ValueError, match="no extension 'NOPE'"):
+        psf_from_fits(path, hdu="NOPE")
+    with pytest.raises(ValueError, match="no extension 3"):
+        psf_from_fits(f"{path}[3]")
+    with pytest.raises(ValueError, match="is a directory"):
+        psf_from_fits(tmp_path)
+    for bad in (True, 1.0):
+        with pytest.raises(ValueError, match="hdu"):
+            psf_from_fits(path, hdu=bad)
+    np.testing.assert_allclose(psf_from_fits(path, hdu=np.int64(1)), 1 / 9)
+    np.testing.assert_allclose(psf_from_fits(path, hdu="PSF"), 1 / 9)
+
+
+def test_airy_oversample_is_capped():
+    # oversample=10**20 used to raise astropy's unnamed "Maximum allowed size exceeded"
+    with pytest.raises(ValueError, match="oversample"):
+        airy_psf(0.3, 0.2, oversample=10**20)
+    assert airy_psf(0.3, 0.2, oversample=100).shape == (17, 17)
