@@ -134,6 +134,28 @@ def _power_of_two_near(x: float) -> float:
     return math.ldexp(1.0, int(round(math.log2(x))))
 
 
+#: Noise levels (data units) outside this range leave lam ~ 1/sigma^2 outside float64's normal range.
+SIGMA_RANGE = (1e-150, 1e150)
+#: Largest |datum| / sigma (and |prior mean| / sigma): beyond it chi^2 overflows float64.
+MAX_SIGNAL_TO_NOISE = 1e100
+
+
+def _check_scales(d_used: np.ndarray, s_used: np.ndarray, s0: Optional[np.ndarray]) -> float:
+    """The power-of-two data unit near the median sigma; ``ValueError`` where float64 cannot hold the problem."""
+    median = float(np.median(s_used))
+    if not SIGMA_RANGE[0] <= median <= SIGMA_RANGE[1]:
+        raise ValueError(f"sigma (median {median:.3g}) must be within {SIGMA_RANGE[0]:g}..{SIGMA_RANGE[1]:g} "
+                         "data units: rescale the data and sigma (the solution scales with them)")
+    unit = _power_of_two_near(median)
+    if float(np.max(np.abs(d_used))) > MAX_SIGNAL_TO_NOISE * unit:
+        raise ValueError(f"image values reach {float(np.max(np.abs(d_used))):.3g}, over {MAX_SIGNAL_TO_NOISE:g} "
+                         f"times sigma ({median:.3g}): check the data's units or sigma")
+    if s0 is not None and float(np.max(np.abs(s0), initial=0.0)) > MAX_SIGNAL_TO_NOISE * unit:
+        raise ValueError(f"prior_mean reaches {float(np.max(np.abs(s0))):.3g}, over {MAX_SIGNAL_TO_NOISE:g} "
+                         f"times sigma ({median:.3g}): check its units")
+    return unit
+
+
 def _check_prior_mean(op: Any, prior_mean: Any) -> Optional[np.ndarray]:
     if prior_mean is None:
         return None
@@ -170,7 +192,7 @@ def normal_equations(op: Any, data: Any, sigma: Any, mask: Any = None, *, prior_
     t0 = time.perf_counter()
     d, sig, use = check_observation(op, data, sigma, mask)
     s0 = _check_prior_mean(op, prior_mean)
-    unit = _power_of_two_near(float(np.median(sig[use])))
+    unit = _check_scales(d[use], sig[use], s0)
     w_all = np.zeros(d.size)
     w_all[use] = (unit / sig[use]) ** 2
     dn = d / unit

@@ -31,6 +31,15 @@ if TYPE_CHECKING:  # torch is imported lazily: the physics does not need it
 log = logging.getLogger(__name__)
 
 DEFAULT_SUPERSAMPLE = 4
+#: Largest sub-pixel count per image-pixel side (64^2 = 4096 rays per pixel).
+MAX_SUPERSAMPLE = 64
+
+
+def _supersample(value: int) -> int:
+    ss = int_at_least("supersample", value, 1)
+    if ss > MAX_SUPERSAMPLE:
+        raise ValueError(f"supersample must be at most {MAX_SUPERSAMPLE} (sub-pixels per side), got {value!r}")
+    return ss
 
 
 def lensing_matrix(lens: Lens, image_grid: ImageGrid, source_grid: SourceGrid,
@@ -48,7 +57,7 @@ def lensing_matrix(lens: Lens, image_grid: ImageGrid, source_grid: SourceGrid,
     """
     if not isinstance(lens, Lens):
         raise ValueError(f"lens must be a lensinv.Lens, got {type(lens).__name__}")
-    ss = int_at_least("supersample", supersample, 1)
+    ss = _supersample(supersample)
     arrays = _kernels.lensing_csr_kernel(image_grid.n, image_grid.delta, source_grid.n, source_grid.delta, ss,
                                          *lens.kernel_args)
     L = _csr(arrays, (image_grid.size, source_grid.size))
@@ -234,7 +243,7 @@ def operator(lens: Lens, image_grid: ImageGrid = ImageGrid(), source_grid: Sourc
         raise ValueError(f"image_grid must be an ImageGrid, got {type(image_grid).__name__}")
     if not isinstance(source_grid, SourceGrid):
         raise ValueError(f"source_grid must be a SourceGrid, got {type(source_grid).__name__}")
-    ss = int_at_least("supersample", supersample, 1)
+    ss = _supersample(supersample)
     L = lensing_matrix(lens, image_grid, source_grid, ss)
     if psf is None:
         return LensOperator(L=L, image_grid=image_grid, source_grid=source_grid, lens=lens, psf=None, supersample=ss)

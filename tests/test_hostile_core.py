@@ -44,3 +44,9 @@ def test_top_level_names():
         lensinv.mass.profile_class("NFW")
     with pytest.raises(ValueError, match="components must be mass profiles"):
         Lens("SIE")
+
+
+def test_supersample_is_capped():
+    with pytest.raises(ValueError, match="supersample must be at most 64"):
+        lensinv.operator(Lens(SIE(0.5)), IMG, SRC, supersample=10**6)
+    assert lensinv.operator(Lens(SIE(0.5)), IMG, SRC, supersample=8).L.nnz > 0

@@ -163,13 +163,21 @@ def axis_ratio(name: str, value: float) -> float:
     return q
 
 
+#: Largest |position| (arcsec) of a centre or a ray: far beyond any lens, and safe from overflow
+#: in the profiles' squares (1e100^2 is well inside float64).
+MAX_POSITION = 1e100
+
+
 def center_pair(value: Any) -> tuple[float, float]:
-    """A centre ``(x, y)`` of two finite floats, or ``ValueError``."""
+    """A centre ``(x, y)`` of two finite floats within ``MAX_POSITION`` arcsec, or ``ValueError``."""
     try:
         cx, cy = value
     except (TypeError, ValueError):
         raise ValueError(f"center must be a pair (x, y) of finite numbers, got {value!r}") from None
-    return finite_float("center[0]", cx), finite_float("center[1]", cy)
+    out = finite_float("center[0]", cx), finite_float("center[1]", cy)
+    if max(abs(out[0]), abs(out[1])) > MAX_POSITION:
+        raise ValueError(f"center must be within {MAX_POSITION:g} arcsec of the origin, got {value!r}")
+    return out
 
 
 def ellipticity_to_q_phi(e1: float, e2: float, model: str) -> tuple[float, float]:

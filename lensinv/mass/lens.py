@@ -7,7 +7,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .. import _kernels
-from .base import MassProfile, deflection_kernel, lenstronomy_class, profile_class
+from .base import MAX_POSITION, MassProfile, deflection_kernel, lenstronomy_class, profile_class
 
 
 @deflection_kernel
@@ -79,6 +79,9 @@ class Lens:
         ya = np.asarray(y, dtype=np.float64)
         if xa.shape != ya.shape:
             raise ValueError(f"x and y must have the same shape, got {xa.shape} and {ya.shape}")
+        for name, a in (("x", xa), ("y", ya)):
+            if a.size and not (np.all(np.isfinite(a)) and float(np.max(np.abs(a))) <= MAX_POSITION):
+                raise ValueError(f"{name} must be finite positions within {MAX_POSITION:g} arcsec")
         flat = [np.require(a.reshape(-1), np.float64, ["C", "W"]) for a in (xa, ya)]
         ax, ay = _kernels.deflection_kernel(flat[0], flat[1], self._kernels, self._params)
         return ax.reshape(xa.shape), ay.reshape(xa.shape)
