@@ -46,12 +46,12 @@ def test_compare_baselines_on_a_tiny_data_set(tmp_path, tiny_checkpoint):
         assert (out / name).stat().st_size > 0, name
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_lenses"] == 2
-    assert set(summary["methods"]) == {"RIM", "WD-zeroth", "WD-gradient", "WD-curvature"}
+    assert set(summary["methods"]) == {"RIM", "WD-zeroth", "WD-gradient", "WD-curvature", "RIM+WD"}
     for m, stats in summary["methods"].items():
         assert 0 < stats["rmse"]["median"] < 0.5, m
         assert -1 <= stats["ssim"]["median"] <= 1
         assert stats["seconds"]["median"] > 0
-        if m.startswith("WD"):  # the evidence-optimised fit is consistent with the noise
+        if m.startswith("WD") or m == "RIM+WD":  # the evidence-optimised fit is consistent with the noise
             assert 0.5 < stats["chi2_per_pixel"]["median"] < 2.0
     text = (out / "summary.md").read_text()
     assert "| RIM |" in text and "examples.png" in text

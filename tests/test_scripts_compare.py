@@ -108,7 +108,7 @@ def test_bad_lenses_are_reported_and_the_rest_kept(cmp, tiny_data, tiny_model, t
     assert summary["n_lenses"] == 1 and summary["n_failed"] == 3
     assert [f["position"] for f in summary["failed"]] == [1, 2, 3]
     rows = list(csv.DictReader((out / "metrics.csv").open()))
-    assert {r["lens"] for r in rows} == {"0"} and {r["method"] for r in rows} == {"RIM", "WD-gradient"}
+    assert {r["lens"] for r in rows} == {"0"} and {r["method"] for r in rows} == {"RIM", "WD-gradient", "RIM+WD"}
     assert [r["position"] for r in csv.DictReader((out / "failed.csv").open())] == ["1", "2", "3"]
     assert "Failed (3 lenses" in (out / "summary.md").read_text()
     for name in ("examples.png", "flux.png", "rmse_hist.png", "rmse_vs_snr.png"):
