@@ -46,14 +46,7 @@ def pixel_array(name: str, values: np.ndarray, n: int, *, finite: bool = True) -
     Returns the flat array and whether the input was 2-D, so results can be
     returned in the caller's layout.
     """
-    raw = np.asarray(values)
-    if np.iscomplexobj(raw):
-        raise ValueError(f"{name} must be real, got a complex array (the imaginary part would be dropped)")
-    try:
-        arr = raw.astype(np.float64, copy=False)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be an array of real numbers, got {type(values).__name__} "
-                         f"of dtype {raw.dtype}") from None
+    arr = real_array(name, values, finite=False)
     if arr.shape == (n * n,):
         flat, was_2d = arr, False
     elif arr.shape == (n, n):

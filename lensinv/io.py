@@ -43,18 +43,8 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[Any]:
     """
     if mode not in ("wb", "w"):
         raise ValueError(f"mode must be 'wb' or 'w', got {mode!r}")
-    final = Path(path)
-    tmp = final.with_name(f"{final.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    with atomic_path(path) as tmp, open(tmp, mode) as f:
+        yield f
 
 
 @contextlib.contextmanager
