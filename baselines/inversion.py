@@ -24,7 +24,7 @@ import numpy as np
 import scipy.optimize
 import scipy.sparse as sp
 
-from lensinv._validate import finite_float
+from lensinv.validate import finite_float
 
 from .evidence import EvidenceSearch, restricted_prior, search_evidence
 from .normal_equations import NormalEquations, normal_equations

@@ -7,7 +7,7 @@ from typing import Union
 import numpy as np
 from scipy import ndimage
 
-from lensinv._validate import finite_float, int_at_least, positive_float, real_array
+from lensinv.validate import finite_float, int_at_least, positive_float, real_array
 
 
 def arc_mask(image: np.ndarray, sigma: Union[float, np.ndarray], nsigma: float = 3.0, smooth: float = 1.5,

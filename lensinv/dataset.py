@@ -50,7 +50,7 @@ from typing import Callable, Iterator, Optional, Sequence, Union
 import numpy as np
 import scipy.sparse as sp
 
-from ._validate import int_at_least
+from .validate import int_at_least
 from .io import atomic_path, atomic_write, write_text_atomic
 from .grids import ImageGrid, SourceGrid
 from .mass import SIE, ExternalShear, Lens

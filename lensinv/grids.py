@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._validate import int_at_least, positive_float
+from .validate import int_at_least, positive_float
 
 
 class _Grid:

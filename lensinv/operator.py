@@ -18,7 +18,7 @@ import scipy.sparse as sp
 from scipy.signal import fftconvolve
 
 from . import _kernels
-from ._validate import int_at_least, pixel_array
+from .validate import int_at_least, pixel_array
 from .grids import ImageGrid, SourceGrid
 from .mass import Lens
 from .psf import validate_kernel

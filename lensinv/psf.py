@@ -20,7 +20,7 @@ import warnings
 import numpy as np
 from scipy.special import erf
 
-from ._validate import int_at_least, positive_float
+from .validate import int_at_least, positive_float
 from .io import read_fits_image
 
 log = logging.getLogger(__name__)

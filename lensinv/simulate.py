@@ -14,7 +14,7 @@ from typing import Optional
 
 import numpy as np
 
-from ._validate import finite_float, int_at_least
+from .validate import finite_float, int_at_least
 from .grids import ImageGrid, SourceGrid
 from .observation import Observation
 from .mass import SIE, ExternalShear, Lens

@@ -24,7 +24,7 @@ from typing import Protocol
 import numba as nb
 import numpy as np
 
-from ._validate import finite_float
+from .validate import finite_float
 from .grids import SourceGrid
 from .io import read_fits_image
 

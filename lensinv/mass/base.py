@@ -27,7 +27,7 @@ import numba as nb
 import numpy as np
 from numba import types
 
-from .._validate import finite_float
+from ..validate import finite_float
 
 #: The signature every profile kernel has: ``(x, y, params, ax, ay) -> None``, all flat C-contiguous float64
 #: (``params`` read-only).

@@ -8,7 +8,7 @@ from typing import ClassVar, Mapping
 
 import numpy as np
 
-from .._validate import finite_float
+from ..validate import finite_float
 from .base import MassProfile, deflection_kernel, register
 
 

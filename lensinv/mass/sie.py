@@ -8,7 +8,7 @@ from typing import ClassVar, Mapping
 
 import numpy as np
 
-from .._validate import finite_float, positive_float
+from ..validate import finite_float, positive_float
 from .._vmath import _bits, _from_bits, atan_ratio, atanh_ratio
 from .base import (MassProfile, axis_ratio, center_pair, deflection_kernel, ellipticity_to_q_phi,
                    q_phi_to_ellipticity, register)

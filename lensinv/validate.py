@@ -1,4 +1,4 @@
-"""Small argument checks shared by the package (raise ``ValueError`` naming the parameter)."""
+"""Argument checks (public: solvers and scripts built on lensinv use them too): each raises ``ValueError`` naming the parameter."""
 
 from __future__ import annotations
 
