@@ -353,6 +353,11 @@ def prepare_galaxy(image: np.ndarray, prep: Preparation = Preparation(), name: s
     if prep.dilate > 0:
         mask = ndimage.binary_dilation(mask, iterations=int(prep.dilate))
     soft = ndimage.gaussian_filter(mask.astype(np.float64), prep.soften) if prep.soften > 0 else mask.astype(float)
+    # a galaxy reaching the cut-out's edge fades out over a few pixels there (no hard straight edge)
+    ramp = max(3.0 * prep.soften, 2.0)
+    ii, jj = np.indices(img.shape, dtype=np.float64)
+    edge = np.minimum(np.minimum(ii, h - 1 - ii), np.minimum(jj, w - 1 - jj))
+    soft *= np.clip(edge / ramp, 0.0, 1.0)
     soft[soft < 1e-3] = 0.0
     out = np.clip(img, 0.0, None) * soft
     rows, cols = np.nonzero(out > 0)
