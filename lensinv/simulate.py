@@ -20,7 +20,7 @@ from .observation import Observation
 from .mass import SIE, ExternalShear, Lens
 from .operator import LensOperator, lensing_matrix
 from .psf import gaussian_psf, validate_kernel
-from .sources import ProceduralSources, SourceModel
+from .sources import ImageSources, MixedSources, ProceduralSources, SourceModel, describe_sources
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,81 @@ PRESETS: dict[str, ObservationPreset] = {
     "magnet": ObservationPreset(name="magnet"),
     # HST-like: Gaussian PSF of 0.05-0.15 arcsec FWHM, peak S/N 10-200
     "realistic": ObservationPreset(name="realistic", psf_fwhm=(0.05, 0.15), snr=(10.0, 200.0)),
+    # the realistic observation with real galaxies (training split) mixed with procedural sources
+    "galaxies": ObservationPreset(name="galaxies", psf_fwhm=(0.05, 0.15), snr=(10.0, 200.0)),
+    # comparison on the validation galaxies: the realistic ranges, and one fixed observation
+    "validation": ObservationPreset(name="validation", psf_fwhm=(0.05, 0.15), snr=(10.0, 200.0)),
+    "validation-fixed": ObservationPreset(name="validation-fixed", psf_fwhm=(0.08, 0.08), snr=(50.0, 50.0)),
 }
+
+#: the source model each preset uses unless told otherwise (a :func:`source_model` spec)
+PRESET_SOURCES: dict[str, str] = {"magnet": "procedural", "realistic": "procedural", "galaxies": "galaxies",
+                                  "validation": "validation", "validation-fixed": "validation"}
+
+#: fraction of real galaxies in the ``galaxies`` source spec (the rest procedural)
+GALAXIES_REAL_FRACTION = 0.5
+
+#: the source specs :func:`source_model` knows (besides a path to galaxy images)
+SOURCE_SPECS = ("procedural", "galaxies", "real", "validation")
+
+
+def source_model(spec: str | None = None, galaxy_file: str | None = None) -> SourceModel:
+    """The source model named by ``spec``.
+
+    Parameters
+    ----------
+    spec : str
+        ``procedural``; ``galaxies`` (real galaxies of the training split with probability
+        :data:`GALAXIES_REAL_FRACTION`, else procedural); ``real`` (training-split galaxies only);
+        ``validation`` (validation-split galaxies only: for comparisons, never for training); or a
+        path to a user's galaxy images (:class:`lensinv.sources.ImageSources`).
+    galaxy_file : str, optional
+        The real-galaxy file (default ``lensinv.galaxies.default_galaxy_path()``).
+    """
+    if spec is None or spec == "procedural":
+        return ProceduralSources()
+    if spec in ("galaxies", "real", "validation"):
+        from .galaxies import RealGalaxySources
+
+        real = RealGalaxySources(path=galaxy_file, split="validation" if spec == "validation" else "train")
+        return MixedSources(real=real, real_fraction=GALAXIES_REAL_FRACTION) if spec == "galaxies" else real
+    return ImageSources(spec)
+
+
+def simulation_config(preset: str, sources: str | None = None, galaxy_file: str | None = None) -> SimulationConfig:
+    """The configuration of a named preset, with its default sources unless ``sources`` names others.
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``preset`` or a missing galaxy file.
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {', '.join(PRESETS)}, got {preset!r}")
+    return SimulationConfig(preset=PRESETS[preset],
+                            sources=source_model(PRESET_SOURCES[preset] if sources is None else sources, galaxy_file))
+
+
+def uses_validation_galaxies(description: dict | list | str) -> bool:
+    """Whether a data set's configuration (its JSON, parsed or not) draws validation galaxies."""
+    if isinstance(description, str):
+        description = json.loads(description)
+    if isinstance(description, dict):
+        if description.get("kind") == "real-galaxies" and description.get("split") == "validation":
+            return True
+        return any(uses_validation_galaxies(v) for v in description.values() if isinstance(v, (dict, list)))
+    if isinstance(description, list):
+        return any(uses_validation_galaxies(v) for v in description if isinstance(v, (dict, list)))
+    return False
+
+
+def training_config(preset: str, sources: str | None = None, galaxy_file: str | None = None) -> SimulationConfig:
+    """:func:`simulation_config` for training: refuses anything that would draw validation galaxies."""
+    config = simulation_config(preset, sources, galaxy_file)
+    if uses_validation_galaxies(json.loads(config.to_json())):
+        raise ValueError(f"preset {preset!r} (sources {sources or PRESET_SOURCES[preset]!r}) draws validation "
+                         f"galaxies, which are never trained on; use preset 'galaxies' for real galaxies")
+    return config
 
 
 @dataclass(frozen=True)
@@ -137,15 +211,8 @@ class SimulationConfig:
     sources: SourceModel = field(default_factory=ProceduralSources)
 
     def to_json(self) -> str:
-        src = self.sources
-        if isinstance(src, ProceduralSources):
-            src_desc = {"kind": "procedural", **asdict(src.prior)}
-        else:
-            src_desc = {"kind": type(src).__name__, **{k: (str(v) if k == "path" else v)
-                                                       for k, v in vars(src).items() if k != "images"}}
-            src_desc["n_images"] = len(getattr(src, "images", ()))
         return json.dumps({"preset": asdict(self.preset), "lens_prior": asdict(self.lens_prior),
-                           "sources": src_desc}, sort_keys=True)
+                           "sources": describe_sources(self.sources)}, sort_keys=True)
 
 
 #: Kept for compatibility: a simulation is an :class:`lensinv.observation.Observation`.

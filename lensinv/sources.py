@@ -7,6 +7,8 @@ to 1, randomly scaled and shifted inside the grid, from a ``numpy.random.Generat
 - :class:`ProceduralSources` draws Sersic bulges, exponential disks with
   logarithmic spiral arms, star-forming clumps, satellites, mergers and compact
   sources down to about one pixel. No downloads; rendering is a Numba kernel.
+- :class:`MixedSources` draws from a real-galaxy model (``lensinv.galaxies.RealGalaxySources``)
+  with probability ``real_fraction``, else from the procedural prior.
 - :class:`ImageSources` turns a user's galaxy images (a folder of FITS, PNG or
   JPEG files, or an HDF5/NumPy array of images) into sources the same way:
   background subtraction, random scale and shift, bilinear resampling.
@@ -17,7 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -345,3 +347,54 @@ class ImageSources:
         rows = (y - y0) / pix + (h - 1) / 2
         out = map_coordinates(img, [rows.ravel(), cols.ravel()], order=1, mode="constant", cval=0.0)
         return _finalise(out.reshape(grid.shape))
+
+
+def describe_sources(src: SourceModel) -> dict:
+    """A JSON-able description of a source model, for a data set's configuration.
+
+    Models with a ``describe()`` method describe themselves; the procedural prior and
+    :class:`ImageSources` keep the form existing data-set files were written with (so resuming
+    and concatenating them still works).
+    """
+    if isinstance(src, ProceduralSources):
+        return {"kind": "procedural", **asdict(src.prior)}
+    if hasattr(src, "describe"):
+        return src.describe()
+    desc = {"kind": type(src).__name__, **{k: (str(v) if k == "path" else v)
+                                           for k, v in vars(src).items() if k != "images"}}
+    desc["n_images"] = len(getattr(src, "images", ()))
+    return desc
+
+
+@dataclass(frozen=True)
+class MixedSources:
+    """A mixture of two source models: ``real`` with probability ``real_fraction``, else ``procedural``.
+
+    Parameters
+    ----------
+    real : SourceModel
+        Typically :class:`lensinv.galaxies.RealGalaxySources`.
+    procedural : SourceModel
+        Default: the procedural prior.
+    real_fraction : float
+        In [0, 1]; one uniform number per draw picks the model.
+    """
+
+    real: SourceModel
+    procedural: SourceModel = field(default_factory=ProceduralSources)
+    real_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        f = finite_float("real_fraction", self.real_fraction)
+        if not 0 <= f <= 1:
+            raise ValueError(f"real_fraction must be in [0, 1], got {self.real_fraction!r}")
+        object.__setattr__(self, "real_fraction", f)
+
+    def draw(self, rng: np.random.Generator, grid: SourceGrid) -> np.ndarray:
+        """One source on ``grid``: non-negative, peak 1, shape ``(n, n)``."""
+        model = self.real if rng.uniform() < self.real_fraction else self.procedural
+        return model.draw(rng, grid)
+
+    def describe(self) -> dict:
+        return {"kind": "mixed", "real_fraction": self.real_fraction, "real": describe_sources(self.real),
+                "procedural": describe_sources(self.procedural)}

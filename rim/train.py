@@ -41,7 +41,9 @@ class TrainConfig:
     Parameters
     ----------
     preset : str
-        Observation preset for generated data (``realistic`` or ``magnet``).
+        Observation preset for generated data (``realistic``, ``magnet`` or ``galaxies``: real
+        galaxies of the training split mixed with procedural sources; presets drawing validation
+        galaxies are refused).
     data : str or None
         HDF5 data set(s) (comma-separated) made by build_operators.py; None
         streams freshly simulated lenses.
@@ -224,11 +226,9 @@ def load_checkpoint(path: Path) -> dict:
 
 
 def _simulation_config(preset: str):
-    from lensinv.simulate import PRESETS, SimulationConfig
+    from lensinv.simulate import training_config
 
-    if preset not in PRESETS:
-        raise ValueError(f"preset must be one of {', '.join(PRESETS)}, got {preset!r}")
-    return SimulationConfig(preset=PRESETS[preset])
+    return training_config(preset)  # refuses presets that draw validation galaxies
 
 
 def _distributed() -> tuple[int, int]:
@@ -347,6 +347,10 @@ def train(config: TrainConfig, out: Path, device: str = "cpu", resume: bool = Fa
     sim_config = _simulation_config(config.preset)
     if config.data:
         dataset = FileDataset(config.data.split(","))
+        from lensinv.simulate import uses_validation_galaxies
+
+        if uses_validation_galaxies(dataset.ds.config):
+            raise ValueError(f"the data {config.data} were made from validation galaxies, which are never trained on")
         grids = (dataset.ds.image_grid.n, dataset.ds.source_grid.n)
         if grids != (config.model.image_n, config.model.source_n):
             raise ValueError(f"the data's grids (image {grids[0]}, source {grids[1]}) do not match the model's "

@@ -5,6 +5,16 @@ optionally, each lens's sparse operator F L) into an HDF5 file.
     python scripts/build_operators.py --n 1000 --seed 1 --out data/train.h5 --workers 2
     python scripts/build_operators.py --n 100000 --seed 1 --out data/train-003.h5 --shard 3/16   # one array job
 
+Real galaxies (lensinv.galaxies; the Galaxy Zoo file under ../shared/data or $LENSINV_GALAXIES):
+
+    python scripts/build_operators.py --n 1000 --seed 1 --out data/galaxies.h5 --preset galaxies      # training
+    python scripts/build_operators.py --n 160 --seed 9 --out data/val.h5 --preset validation          # comparison
+    python scripts/build_operators.py --n 160 --seed 9 --out data/val-fixed.h5 --preset validation-fixed
+
+--preset sets the observation and its default sources (galaxies: realistic PSF and noise, real galaxies
+of the training split mixed half and half with procedural ones; validation: the same observation of the
+80 validation galaxies; validation-fixed: PSF 0.08 arcsec, peak S/N 50); --sources overrides them.
+
 Deterministic (lens i draws from the stream (seed, i), whatever --workers is) and
 resumable: rerun the same command after an interruption and it finishes the file
 (reusing the finished parts, whatever --part-size they were built with).
@@ -22,8 +32,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from lensinv.dataset import build_dataset, shard_range
-from lensinv.simulate import PRESETS, SimulationConfig
-from lensinv.sources import ImageSources, ProceduralSources
+from lensinv.simulate import PRESETS, SOURCE_SPECS, simulation_config
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -54,11 +63,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True, help="output HDF5 file")
     ap.add_argument("--workers", type=positive_int, default=1, help="worker processes (default 1)")
     ap.add_argument("--preset", choices=sorted(PRESETS), default="realistic",
-                    help="observation preset: realistic (HST-like PSF and noise) or magnet (the seed's noise-free, "
-                         "PSF-free images)")
-    ap.add_argument("--sources", type=Path, default=None,
-                    help="galaxy images to use as sources (folder of FITS/PNG/JPEG, .npy/.npz or .h5 array); "
-                         "default: the procedural prior")
+                    help="observation preset and its default sources: realistic (HST-like PSF and noise), magnet "
+                         "(the seed's noise-free, PSF-free images), galaxies (realistic, real training galaxies + "
+                         "procedural), validation (realistic, validation galaxies), validation-fixed (PSF 0.08\", "
+                         "S/N 50, validation galaxies)")
+    ap.add_argument("--sources", default=None,
+                    help=f"sources instead of the preset's: one of {', '.join(SOURCE_SPECS)}, or galaxy images "
+                         "(folder of FITS/PNG/JPEG, .npy/.npz or .h5 array)")
+    ap.add_argument("--galaxy-file", default=None,
+                    help="the real-galaxy .npz (default: ../shared/data/galaxy_zoo_decals/gz_decals_400.npz or "
+                         "$LENSINV_GALAXIES)")
     ap.add_argument("--store-operators", action="store_true", help="also store each lens's F L (CSR)")
     ap.add_argument("--shard", type=parse_shard, default=(0, 1), metavar="i/k",
                     help="build only the i-th of k slices of the indices (cluster array jobs)")
@@ -69,8 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
 
     try:
-        sources = ProceduralSources() if args.sources is None else ImageSources(args.sources)
-        config = SimulationConfig(preset=PRESETS[args.preset], sources=sources)
+        config = simulation_config(args.preset, args.sources, args.galaxy_file)
         lo, hi = shard_range(args.n, args.shard)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         with tqdm(total=hi - lo, unit="lens", desc=args.out.name) as bar:

@@ -3,6 +3,14 @@
 
     python scripts/compare_baselines.py --data data/test.h5 --out results/compare [--checkpoint runs/rim/checkpoint.pt]
 
+On real galaxies (the 80 validation galaxies of lensinv.galaxies, never trained on), with --sources
+instead of --data: the lenses are built first into OUT/data.h5 (resumable; the realistic lens prior):
+
+    python scripts/compare_baselines.py --sources validation --preset validation-fixed --n 160 --out results/val-fixed
+    python scripts/compare_baselines.py --sources validation --preset validation --n 160 --out results/val
+
+(the same as build_operators.py --preset validation[-fixed] --n 160 --seed 0 --out D.h5, then --data D.h5).
+
 Writes OUT/summary.md, OUT/summary.json, OUT/metrics.csv and figures: examples.png (the seed's
 Figure 2 layout: observed, reconstruction, truth and residual per method; none with --examples 0),
 flux.png (the seed's Figure 3: true against reconstructed flux with the 1:1 line), rmse_hist.png
@@ -258,7 +266,17 @@ def write_csv(path: Path, fields: tuple[str, ...], rows: list[dict]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", required=True, help="HDF5 data set (build_operators.py)")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", help="HDF5 data set (build_operators.py)")
+    src.add_argument("--sources", default=None,
+                     help="build the lenses first (into OUT/data.h5) with these sources: validation (the validation "
+                          "galaxies), galaxies, real, procedural, or a path to galaxy images")
+    ap.add_argument("--preset", default="validation",
+                    help="with --sources: the observation preset (validation: the realistic PSF and S/N ranges; "
+                         "validation-fixed: PSF 0.08 arcsec, peak S/N 50; realistic; magnet)")
+    ap.add_argument("--n", type=_int_at_least(1), default=160, help="with --sources: lenses to build (default 160)")
+    ap.add_argument("--seed", type=int, default=0, help="with --sources: data-set seed (default 0)")
+    ap.add_argument("--galaxy-file", default=None, help="with --sources: the real-galaxy .npz (default: ../shared/data)")
     ap.add_argument("--checkpoint", default=None, help="RIM weights (default: the shipped ones)")
     ap.add_argument("--out", type=Path, required=True, help="output folder (created)")
     ap.add_argument("--limit", type=_int_at_least(1), default=None, help="use the first N >= 1 lenses")
@@ -287,6 +305,22 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         ap.error(f"argument --rim-wd-forms: unknown regularization(s) {bad}; choose from {baselines.FORMS}")
     logging.basicConfig(level=logging.WARNING)
+    if args.sources is not None:
+        from lensinv.dataset import build_dataset
+        from lensinv.simulate import PRESETS, simulation_config
+
+        if args.preset not in PRESETS:
+            ap.error(f"argument --preset: must be one of {', '.join(PRESETS)}, got {args.preset!r}")
+        try:
+            config = simulation_config(args.preset, args.sources, args.galaxy_file)
+            args.out.mkdir(parents=True, exist_ok=True)
+            data = args.out / "data.h5"
+            with tqdm(total=args.n, unit="lens", desc="building lenses") as bar:
+                build_dataset(data, args.n, args.seed, config, progress=bar.update)
+        except (ValueError, OSError) as exc:
+            print(f"error: --sources {args.sources}: {exc}", file=sys.stderr)
+            return 2
+        args.data = str(data)
     try:
         ds = LensDataset(args.data)
         model = rim.load_pretrained(args.checkpoint, device=args.device)

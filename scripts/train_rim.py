@@ -10,7 +10,9 @@ Checkpoints (model, optimiser, scheduler, RNG states, config, step) go to OUT/ch
 losses and validation RMSE to OUT/log.csv (and TensorBoard under OUT/tb when installed).
 
 --resume continues OUT/checkpoint.pt (an error if there is none, or if it is already at --steps).
-The model, data, --preset, --seed and --batch must match the checkpoint; the optimisation settings
+--preset galaxies trains on real galaxies (lensinv.galaxies: the training split of the Galaxy Zoo file,
+never its validation split; data files made from validation galaxies are refused) mixed with procedural
+sources. The model, data, --preset, --seed and --batch must match the checkpoint; the optimisation settings
 --lr, --decay-steps, --decay-rate, --clip and --no-amp may change: the new values apply from the
 resumed step on (lr = LR * DECAY_RATE ** (step / DECAY_STEPS)), with a warning, and each change is
 recorded in the checkpoint's "changes" list. A NaN or inf loss, gradient or update stops the run
@@ -72,7 +74,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="continue from OUT/checkpoint.pt (required to exist); new --lr/--decay-*/--clip apply from "
                          "the resumed step and are recorded")
     ap.add_argument("--data", default=None, help="HDF5 file(s), comma-separated; default: simulate on the fly")
-    ap.add_argument("--preset", default=d.preset, choices=["realistic", "magnet"])
+    ap.add_argument("--preset", default=d.preset, choices=["realistic", "magnet", "galaxies"],
+                    help="simulated data: realistic (procedural sources), magnet (the seed's noise-free set) or "
+                         "galaxies (realistic observations of real galaxies of the training split, half of them, "
+                         "and procedural sources; the validation galaxies are never drawn)")
     ap.add_argument("--seed", type=_integer(0), default=d.seed, help=">= 0")
     ap.add_argument("--batch", type=_integer(1), default=d.batch, help="lenses per step per process (>= 1)")
     ap.add_argument("--steps", type=_integer(1), default=d.steps, help="total optimisation steps (>= 1)")
