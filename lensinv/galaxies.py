@@ -45,7 +45,7 @@ from typing import Optional, Sequence
 import numpy as np
 from scipy import ndimage
 
-from ._validate import finite_float, positive_float
+from .validate import finite_float, positive_float
 from .grids import SourceGrid
 
 log = logging.getLogger(__name__)
