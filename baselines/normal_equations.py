@@ -271,7 +271,7 @@ def _from_normal_matrix(op: Any, dn: np.ndarray, w_all: np.ndarray, backend: str
     diag = np.diag(P_all)
     idx = _reached(np.flatnonzero(diag > 0), "data")
     chosen = choose_backend(backend, idx.size, idx.size**2)
-    P = np.ascontiguousarray(P_all[np.ix_(idx, idx)])
+    P = P_all.copy() if idx.size == P_all.shape[0] else np.ascontiguousarray(P_all[np.ix_(idx, idx)])
     b_all = np.asarray(op.adjoint((w_all * dn).reshape(np.shape(dn)))).reshape(-1)
     b = b_all[idx]
     dwd = float(np.sum(w_all * (dn.real**2 + dn.imag**2))) if np.iscomplexobj(dn) else float(np.sum(w_all * dn**2))

@@ -62,20 +62,32 @@ def fold_rows(Q, buf, r0, cptr, crow, cval, cursor):
         cursor[a] = p
 
 
+@nb.njit(cache=True)
+def _tile_pair(t, nblk):
+    """Tile pair number ``t`` -> ``(bi, bj)``, ``bj >= bi``, row-major over the upper triangle."""
+    bi = 0
+    rem = t
+    while rem >= nblk - bi:
+        rem -= nblk - bi
+        bi += 1
+    return bi, bi + rem
+
+
 @nb.njit(parallel=True, cache=True)
 def symmetrise(Q):
-    """``Q <- Q + Q^T`` in place (blocked, so both reads stay in cache)."""
+    """``Q <- Q + Q^T`` in place, by pairs of 32 x 32 tiles (both stay in L1) dealt evenly to threads."""
     n = Q.shape[0]
-    bs = 64
+    bs = 32
     nblk = (n + bs - 1) // bs
-    for bi in nb.prange(nblk):
+    n_pairs = nblk * (nblk + 1) // 2
+    for t in nb.prange(n_pairs):
+        bi, bj = _tile_pair(t, nblk)
         i0 = bi * bs
         i1 = min(n, i0 + bs)
-        for bj in range(bi, nblk):
-            j0 = bj * bs
-            j1 = min(n, j0 + bs)
-            for i in range(i0, i1):
-                for j in range(max(j0, i), j1):
-                    s = Q[i, j] + Q[j, i]
-                    Q[i, j] = s
-                    Q[j, i] = s
+        j0 = bj * bs
+        j1 = min(n, j0 + bs)
+        for i in range(i0, i1):
+            for j in range(max(j0, i), j1):
+                s = Q[i, j] + Q[j, i]
+                Q[i, j] = s
+                Q[j, i] = s

@@ -470,9 +470,10 @@ class ArrayLayout:
         return float(np.linalg.norm(self.baselines[1], axis=1).max())
 
 
-ALMA_CONFIGURATIONS = {"compact": 500.0, "intermediate": 1400.0, "extended": 3600.0, "long": 8500.0}
+ALMA_CONFIGURATIONS = {"compact": 500.0, "intermediate": 1400.0, "extended": 2500.0, "long": 8500.0}
 """Target longest baselines (metres) of :func:`alma_layout`'s configurations, as ALMA's C43-3,
-C43-5, C43-6 and C43-8 (ALMA Cycle 10 Technical Handbook, Table 7.1: 0.50, 1.40, 3.64, 8.55 km)."""
+C43-5, C43-6 and C43-8 (ALMA Cycle 10 Proposer's Guide: 0.50, 1.40, 2.52, 8.55 km; at 230 GHz
+the synthesized beam is then about 0.6, 0.2, 0.06 and 0.02 arcsec)."""
 
 
 def alma_layout(configuration: str = "extended", n_antennas: int = 43, seed: int = 0) -> ArrayLayout:

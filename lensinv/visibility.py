@@ -46,7 +46,7 @@ ARCSEC = math.pi / 648000.0
 DEFAULT_EPS = 1e-12
 """finufft's requested relative precision for the visibility operator."""
 
-_BATCH = 256  # image pixels per batch of rows of B L (buffer: batch x unknowns doubles)
+_BATCH = 512  # image pixels per batch of rows of B L (buffer: batch x unknowns doubles)
 
 
 def _finufft() -> Any:
@@ -343,7 +343,7 @@ def _normal_matrix(L: sp.csr_matrix, pb: Optional[np.ndarray], beam: np.ndarray,
         _vk.symmetrise(Q)
     log.debug("visibility normal matrix: %d reached image pixels, %d unknowns, %.3f s", rows.size, n_u,
               time.perf_counter() - t0)
-    if idx is not None:
+    if idx is not None or n_u == n_src2:
         return Q
     out = np.zeros((n_src2, n_src2))
     out[np.ix_(cols, cols)] = Q
