@@ -130,11 +130,12 @@ def main() -> None:
     baselines.invert(sims[0].op, sims[0].image, sims[0].sigma, lam=1.0)
     baselines.invert(ops[0], data[0][1].vis, data[0][1].sigma, lam=1.0)
     # 2. interleaved timing
-    t_img, t_vis, stages, rmse, chi2n, nunk = [], [], {}, [], [], []
+    t_img, t_vis, stages, rmse, chi2n, nunk, ev_img, ev_vis = [], [], {}, [], [], [], [], []
     for sim, op, (s_jy, d) in zip(sims, ops, data):
         t0 = time.perf_counter()
-        baselines.invert(sim.op, sim.image, sim.sigma)
+        ri = baselines.invert(sim.op, sim.image, sim.sigma)
         t_img.append(time.perf_counter() - t0)
+        ev_img.append(ri.evaluations)
         t0 = time.perf_counter()
         res = baselines.invert(op, d.vis, d.sigma)
         t_vis.append(time.perf_counter() - t0)
@@ -143,18 +144,27 @@ def main() -> None:
         rmse.append(float(np.sqrt(np.mean((res.source - s_jy) ** 2)) / s_jy.max()))
         chi2n.append(res.chi2 / res.n_data)
         nunk.append(res.n_unknowns)
+        ev_vis.append(res.evaluations)
     ti, tv = statistics.median(t_img), statistics.median(t_vis)
     where = ", ".join(f"{k} {statistics.median(v):.3f}" for k, v in stages.items() if k != "total")
     print(f"imaging, PSF 0.08\": evidence-optimised {ti:.2f} s (median of {len(t_img)}; "
-          f"{', '.join(f'{t:.2f}' for t in t_img)})")
+          f"{', '.join(f'{t:.2f}' for t in t_img)}; factorisations {ev_img})")
     print(f"visibilities ({cov.n_vis}): evidence-optimised {tv:.2f} s ({', '.join(f'{t:.2f}' for t in t_vis)}); "
           f"ratio to imaging {tv / ti:.2f} (target <= 3); {statistics.median(nunk):.0f} unknowns; "
-          f"chi2/N {statistics.median(chi2n):.3f}; RMSE/peak {statistics.median(rmse):.3f}")
+          f"chi2/N {statistics.median(chi2n):.3f}; RMSE/peak {statistics.median(rmse):.3f}; factorisations {ev_vis}")
     print(f"{'':21s} median s per stage: {where}")
     op0 = ops[0]
     t0 = time.perf_counter()
     op0.apply(data[0][0])
     t_nufft = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    op0.adjoint(data[0][1].vis)
+    t_nufft_adj = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    op0.normal_matrix(w)
+    t_nm = time.perf_counter() - t0
+    print(f"lens 0: normal matrix L^T B L alone (beam cached) {t_nm:.2f} s; NUFFT apply {t_nufft:.2f} s, "
+          f"adjoint {t_nufft_adj:.2f} s")
     # 3. the direct DFT it avoids
     n_sub = min(args.dft_subset, cov.n_vis)
     t_form, t_syrk, t_apply = dft_extrapolation(op0, data[0][1].sigma, n_sub)
