@@ -8,7 +8,6 @@ image pixels at a time and folded into the result.
 from __future__ import annotations
 
 import numba as nb
-import numpy as np
 
 
 @nb.njit(parallel=True, cache=True)
