@@ -23,6 +23,7 @@ from typing import Any, Callable, Optional, Union
 
 import numpy as np
 import scipy.sparse as sp
+from scipy.linalg.blas import dsymv
 
 from lensinv.protocol import check_operator, explicit_matrix
 
@@ -217,6 +218,12 @@ def normal_equations(op: Any, data: Any, sigma: Any, mask: Any = None, *, prior_
 def _model_is_complex(op: Any, M: Any) -> bool:
     if M is not None:
         return bool(np.iscomplexobj(M.data if sp.issparse(M) else M))
+    dtype = getattr(op, "dtype", None)  # an operator may say so (e.g. visibilities), saving an apply
+    if dtype is not None:
+        try:
+            return np.dtype(dtype).kind == "c"
+        except TypeError:
+            pass
     return bool(np.iscomplexobj(op.apply(np.zeros(op.shape[1]))))
 
 
@@ -274,22 +281,30 @@ def _generic_normal_matrix(Mu: Any, w: np.ndarray, idx: np.ndarray, dense: bool)
 
 
 def _from_normal_matrix(op: Any, dn: np.ndarray, w_all: np.ndarray, backend: str):
-    """P, b, unknowns, backend and misfit from ``op.normal_matrix`` (no explicit matrix)."""
+    """P, b, unknowns, backend and misfit from ``op.normal_matrix`` (no explicit matrix).
+
+    The misfit is the quadratic form ``d^H W d - 2 b.t + t^T P t`` (P's upper triangle), so it costs
+    no ``op.apply`` (for visibilities, a NUFFT per evaluation of the evidence).
+    """
     P_all = op.normal_matrix(w_all, unknowns=None, dense=True)
     if sp.issparse(P_all):
         P_all = P_all.toarray()
+    P_all = np.ascontiguousarray(P_all, dtype=np.float64)
     diag = np.diag(P_all)
     idx = _reached(np.flatnonzero(diag > 0), "data")
     chosen = choose_backend(backend, idx.size, idx.size**2)
-    P = np.ascontiguousarray(P_all[np.ix_(idx, idx)])
-    b = np.asarray(op.adjoint((w_all * dn).reshape(np.shape(dn)))).reshape(-1)[idx]
+    P = P_all.copy() if idx.size == P_all.shape[0] else np.ascontiguousarray(P_all[np.ix_(idx, idx)])
+    b_all = np.asarray(op.adjoint((w_all * dn).reshape(np.shape(dn)))).reshape(-1)
+    b = b_all[idx]
+    dwd = float(np.sum(w_all * (dn.real**2 + dn.imag**2))) if np.iscomplexobj(dn) else float(np.sum(w_all * dn**2))
+    # P_all stays intact (the factorisation takes over P); dsymv reads P_all's upper triangle
+    P_upper_f = P_all.T  # Fortran view: its lower triangle is P_all's upper one
     full = np.zeros(op.shape[1])
-    sw = np.sqrt(w_all)
 
     def misfit(t: np.ndarray) -> float:
         full[idx] = t
-        r = (np.asarray(op.apply(full)).reshape(-1) - dn) * sw
-        return float(np.real(np.vdot(r, r)))
+        quad = float(full @ dsymv(1.0, P_upper_f, full, lower=1))
+        return max(0.0, dwd - 2.0 * float(b @ t) + quad)
 
     if chosen != "dense":
         P = sp.csr_matrix(np.triu(P) + np.triu(P, 1).T)

@@ -15,11 +15,13 @@ from .dataset import LensDataset  # noqa: E402
 from .observation import Observation  # noqa: E402
 from .protocol import ObservationOperator  # noqa: E402
 from .psf import airy_psf, gaussian_psf, psf_from_fits, validate_kernel  # noqa: E402
+from .visibility import UVCoverage, VisibilityOperator, visibility_operator  # noqa: E402  (finufft: lazily)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "DEFAULT_SUPERSAMPLE", "EPL", "ExternalShear", "ImageGrid", "Lens", "LensDataset", "LensOperator", "MassProfile", "Observation", "ObservationOperator", "SIE", "SourceGrid",
+    "DEFAULT_SUPERSAMPLE", "EPL", "ExternalShear", "ImageGrid", "Lens", "LensDataset", "LensOperator", "MassProfile", "Observation", "ObservationOperator", "SIE", "SourceGrid", "UVCoverage",
+    "VisibilityOperator",
     "airy_psf", "gaussian_psf", "lensing_matrix", "operator", "psf_from_fits", "psf_matrix",
-    "validate_kernel", "__version__",
+    "validate_kernel", "visibility_operator", "__version__",
 ]

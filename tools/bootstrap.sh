@@ -43,6 +43,8 @@ if [ "$TORCH_SPEC" != skip ]; then
     "${PIP[@]}" install "$TORCH_SPEC"
 fi
 "${PIP[@]}" install -e ".[test]"
+"${PIP[@]}" install -e ".[radio]" || echo "bootstrap: WARNING: finufft failed to install; visibility tests will skip" >&2
+"${PIP[@]}" install -e ".[casa]" || echo "bootstrap: WARNING: python-casacore failed to install; measurement-set tests will skip" >&2
 if have_cholmod_headers; then
     "${PIP[@]}" install -e ".[cholmod]" || echo "bootstrap: WARNING: scikit-sparse failed to build; SciPy fallback will be used" >&2
 fi
