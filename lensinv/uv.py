@@ -24,7 +24,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from ._validate import int_at_least, positive_float
+from .validate import int_at_least, positive_float
 from .grids import ImageGrid
 from .io import atomic_path, atomic_write
 from .visibility import ARCSEC, UVCoverage, check_uv

@@ -33,7 +33,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import _visibility_kernels as _vk
-from ._validate import int_at_least, pixel_array, positive_float
+from .validate import int_at_least, pixel_array, positive_float
 from .grids import ImageGrid, SourceGrid
 from .mass import Lens
 from .operator import DEFAULT_SUPERSAMPLE, lensing_matrix
@@ -248,7 +248,7 @@ class VisibilityOperator:
     # -- the protocol --------------------------------------------------------------------------
     def image(self, source: np.ndarray) -> np.ndarray:
         """The lensed, primary-beam-weighted image ``pb L s`` (Jy/pixel), flat."""
-        from ._validate import pixel_array
+        from .validate import pixel_array
 
         flat, _ = pixel_array("source", source, self.source_grid.n)
         img = self.L @ flat
