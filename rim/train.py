@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from lensinv.io import atomic_path
+from lensinv.io import atomic_path, write_text_atomic
 
 from .data import FileDataset, StepBatches, StreamDataset, collate, to_device
 from .model import RIM, RIMConfig
@@ -69,6 +69,9 @@ class TrainConfig:
     amp : bool
         bfloat16 autocast for the network on CUDA (physics stays float32).
     model : RIMConfig
+    init : str or None
+        Weights to start from (a checkpoint or exported weights of the same architecture, e.g. the
+        shipped ones), with a fresh optimiser; None starts from a random initialisation.
     """
 
     preset: str = "realistic"
@@ -87,6 +90,7 @@ class TrainConfig:
     workers: int = 2
     amp: bool = True
     model: RIMConfig = field(default_factory=RIMConfig)
+    init: Optional[str] = None
 
     def __post_init__(self) -> None:
         from lensinv.simulate import PRESETS
@@ -116,6 +120,8 @@ class TrainConfig:
             raise ValueError(f"amp must be a bool, got {self.amp!r}")
         if not isinstance(self.model, RIMConfig):
             raise ValueError(f"model must be a RIMConfig, got {type(self.model).__name__}")
+        if self.init is not None and (not isinstance(self.init, str) or not self.init.strip()):
+            raise ValueError(f"init must be None or a weights file, got {self.init!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -329,6 +335,8 @@ def train(config: TrainConfig, out: Path, device: str = "cpu", resume: bool = Fa
     model = RIM(config.model).to(dev)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config))
+    if ck is None and config.init is not None:
+        _load_initial_weights(model, Path(config.init), config.model)
     if ck is not None:
         model.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
@@ -447,6 +455,16 @@ def train(config: TrainConfig, out: Path, device: str = "cpu", resume: bool = Fa
     return losses
 
 
+def _load_initial_weights(model: RIM, path: Path, expected: RIMConfig) -> None:
+    """Start ``model`` from the weights in ``path`` (``init``); their architecture must be ``expected``."""
+    w = load_checkpoint(path)
+    if w.get("model_config") != expected.to_dict():
+        raise ValueError(f"init: {path} holds a model of another architecture ({w.get('model_config')}) than this "
+                         f"run's ({expected.to_dict()}): pass the matching --rim-steps/--embed/--hidden1/--hidden2")
+    model.load_state_dict(w["model"])
+    log.info("starting from the weights in %s (step %s of their run)", path, w.get("step"))
+
+
 def export_weights(checkpoint: Path, dest: Path, notes: str = "", metrics: Optional[dict] = None) -> Path:
     """Write the model part of a training checkpoint (no optimiser state) to ``dest``, atomically,
     with a Markdown model card ``dest`` + ``.md`` next to it. ``load_pretrained(dest)`` reads it."""
@@ -460,11 +478,12 @@ def export_weights(checkpoint: Path, dest: Path, notes: str = "", metrics: Optio
              f"- training steps: {ck['step']} x batch {tc['batch']} lenses; Adam lr {tc['lr']} decaying "
              f"x{tc['decay_rate']} per {tc['decay_steps']:g} steps; gradient clipping {tc['clip']}",
              f"- data: {'files ' + tc['data'] if tc['data'] else 'a stream of freshly simulated lenses'} "
-             f"(preset `{tc['preset']}`, procedural sources, seed {tc['seed']})",
+             f"(preset `{tc['preset']}`, seed {tc['seed']}"
+             f"{', starting from ' + tc['init'] if tc.get('init') else ''})",
              f"- architecture: `{json.dumps(ck['model_config'])}`"]
     if metrics:
         lines.append(f"- metrics: `{json.dumps(metrics)}`")
     if notes:
         lines += ["", notes]
-    dest.with_suffix(dest.suffix + ".md").write_text("\n".join(lines) + "\n")
+    write_text_atomic(dest.with_suffix(dest.suffix + ".md"), "\n".join(lines) + "\n")
     return dest

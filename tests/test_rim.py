@@ -228,3 +228,26 @@ def test_training_from_a_data_file(tmp_path):
         train(TrainConfig(**{**cfg.to_dict(), "preset": "realistic", "model": cfg.model}), tmp_path / "run2")
     with pytest.raises(ValueError, match="grids"):
         train(TrainConfig(**{**cfg.to_dict(), "model": RIMConfig(source_n=32, steps=1)}), tmp_path / "run3")
+
+
+def test_training_can_start_from_existing_weights(tmp_path):
+    """init: the run starts from given weights (fresh optimiser); another architecture is refused."""
+    from lensinv.dataset import build_dataset
+    from lensinv.simulate import PRESETS, SimulationConfig
+    from rim.train import load_checkpoint
+
+    data = build_dataset(tmp_path / "m.h5", 4, 3, SimulationConfig(preset=PRESETS["magnet"]))
+    arch = RIMConfig(steps=2, embed=4, hidden1=4, hidden2=4, kernel=3)
+    base = TrainConfig(preset="magnet", data=str(data), batch=2, steps=2, workers=0, val_lenses=0, model=arch)
+    train(base, tmp_path / "first")
+    first = load_checkpoint(tmp_path / "first" / "checkpoint.pt")["model"]
+    tiny_lr = TrainConfig(**{**base.to_dict(), "model": arch, "steps": 1, "lr": 1e-30, "seed": 9,
+                             "init": str(tmp_path / "first" / "checkpoint.pt")})
+    train(tiny_lr, tmp_path / "second")
+    second = load_checkpoint(tmp_path / "second" / "checkpoint.pt")
+    for k, v in first.items():  # a step at lr 1e-30 leaves the initial weights: those of the first run
+        torch.testing.assert_close(second["model"][k], v, rtol=1e-6, atol=1e-12)
+    assert second["train_config"]["init"].endswith("checkpoint.pt")
+    other = TrainConfig(**{**tiny_lr.to_dict(), "model": RIMConfig(steps=3, embed=4, hidden1=4, hidden2=4, kernel=3)})
+    with pytest.raises(ValueError, match="another architecture"):
+        train(other, tmp_path / "third")
