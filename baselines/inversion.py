@@ -15,14 +15,12 @@ evidence is ``log N(d; M s0, C + M (lam H)^-1 M^T)`` (see :mod:`baselines.eviden
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
 import numpy as np
 import scipy.optimize
-import scipy.sparse as sp
 
 from lensinv.validate import finite_float
 

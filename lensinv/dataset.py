@@ -43,7 +43,6 @@ import multiprocessing as mp
 import os
 import shutil
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence, Union
 
@@ -54,7 +53,6 @@ from .validate import int_at_least
 from .io import atomic_path, atomic_write, write_text_atomic
 from .grids import ImageGrid, SourceGrid
 from .mass import SIE, ExternalShear, Lens
-from .operator import LensOperator, operator
 from .observation import Observation
 from .simulate import SimulationConfig, simulate
 

@@ -248,7 +248,6 @@ class VisibilityOperator:
     # -- the protocol --------------------------------------------------------------------------
     def image(self, source: np.ndarray) -> np.ndarray:
         """The lensed, primary-beam-weighted image ``pb L s`` (Jy/pixel), flat."""
-        from .validate import pixel_array
 
         flat, _ = pixel_array("source", source, self.source_grid.n)
         img = self.L @ flat

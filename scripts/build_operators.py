@@ -31,6 +31,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from lensinv.cli import int_at_least
 from lensinv.dataset import build_dataset, shard_range
 from lensinv.simulate import PRESETS, SOURCE_SPECS, simulation_config
 
@@ -45,23 +46,12 @@ def parse_shard(text: str) -> tuple[int, int]:
     return i, k
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (argparse names the flag in its error)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=positive_int, required=True, help="lenses in the whole data set (all shards)")
+    ap.add_argument("--n", type=int_at_least(1), required=True, help="lenses in the whole data set (all shards)")
     ap.add_argument("--seed", type=int, required=True, help="data-set seed")
     ap.add_argument("--out", type=Path, required=True, help="output HDF5 file")
-    ap.add_argument("--workers", type=positive_int, default=1, help="worker processes (default 1)")
+    ap.add_argument("--workers", type=int_at_least(1), default=1, help="worker processes (default 1)")
     ap.add_argument("--preset", choices=sorted(PRESETS), default="realistic",
                     help="observation preset and its default sources: realistic (HST-like PSF and noise), magnet "
                          "(the seed's noise-free, PSF-free images), galaxies (realistic, real training galaxies + "
@@ -76,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--store-operators", action="store_true", help="also store each lens's F L (CSR)")
     ap.add_argument("--shard", type=parse_shard, default=(0, 1), metavar="i/k",
                     help="build only the i-th of k slices of the indices (cluster array jobs)")
-    ap.add_argument("--part-size", type=positive_int, default=None,
+    ap.add_argument("--part-size", type=int_at_least(1), default=None,
                     help="lenses per resumable part (default 32, 4 with operators)")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)

@@ -36,7 +36,6 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 # OpenBLAS's idle threads sleep at once rather than spin between inversions (README: timing notes)
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
@@ -50,6 +49,7 @@ from tqdm import tqdm  # noqa: E402
 
 import baselines  # noqa: E402
 import rim  # noqa: E402
+from lensinv.cli import int_at_least  # noqa: E402
 from lensinv.dataset import LensDataset  # noqa: E402
 from lensinv.io import atomic_write, write_text_atomic  # noqa: E402
 from lensinv.metrics import flux_error, reduced_chi2, rmse, ssim  # noqa: E402
@@ -223,19 +223,6 @@ def summary_figures(out: Path, rows: list[dict], methods: list[str]) -> None:
     _save(fig, out / "rmse_vs_snr.png")
 
 
-def _int_at_least(low: int) -> Callable[[str], int]:
-    """argparse type: an integer >= ``low``."""
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
-        if v < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {v}")
-        return v
-    return parse
-
-
 FIELDS = ("lens", "method", "snr", "psf_fwhm", "theta_E", "true_flux", "flux", *METRICS)
 
 
@@ -274,19 +261,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--preset", default="validation",
                     help="with --sources: the observation preset (validation: the realistic PSF and S/N ranges; "
                          "validation-fixed: PSF 0.08 arcsec, peak S/N 50; realistic; magnet)")
-    ap.add_argument("--n", type=_int_at_least(1), default=160, help="with --sources: lenses to build (default 160)")
+    ap.add_argument("--n", type=int_at_least(1), default=160, help="with --sources: lenses to build (default 160)")
     ap.add_argument("--seed", type=int, default=0, help="with --sources: data-set seed (default 0)")
     ap.add_argument("--galaxy-file", default=None, help="with --sources: the real-galaxy .npz (default: ../shared/data)")
     ap.add_argument("--checkpoint", default=None, help="RIM weights (default: the shipped ones)")
     ap.add_argument("--out", type=Path, required=True, help="output folder (created)")
-    ap.add_argument("--limit", type=_int_at_least(1), default=None, help="use the first N >= 1 lenses")
+    ap.add_argument("--limit", type=int_at_least(1), default=None, help="use the first N >= 1 lenses")
     ap.add_argument("--forms", default="zeroth,gradient,curvature", help="Warren-Dye regularizations")
     ap.add_argument("--rim-wd-forms", default="gradient,curvature",
                     help="RIM+WD (the RIM estimate as the prior mean of a Warren-Dye inversion): the regularizations "
                          "to choose from by evidence; empty: no RIM+WD")
     ap.add_argument("--mask", action="store_true",
                     help="Warren-Dye on a data-driven arc mask (faster; it may miss faint emission) instead of all pixels")
-    ap.add_argument("--examples", type=_int_at_least(0), default=4,
+    ap.add_argument("--examples", type=int_at_least(0), default=4,
                     help="lenses in the example figure (0: no example figure)")
     ap.add_argument("--device", default="cpu", help="torch device for the RIM (cpu, cuda, cuda:1, mps)")
     args = ap.parse_args(argv)

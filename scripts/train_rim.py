@@ -23,46 +23,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import sys
 from pathlib import Path
 
 from rim import resolve_device
+from lensinv.cli import int_at_least, number_in, positive_float
 from rim.model import RIMConfig
 from rim.train import TrainConfig, train
-
-
-def _integer(low: int):
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}") from None
-        if v < low:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {v}")
-        return v
-    return parse
-
-
-def _positive(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}") from None
-    if not (math.isfinite(v) and v > 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
-    return v
-
-
-def _rate(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text!r}") from None
-    if not (math.isfinite(v) and 0 < v <= 1):
-        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text!r}")
-    return v
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,26 +46,26 @@ def main(argv: list[str] | None = None) -> int:
                     help="simulated data: realistic (procedural sources), magnet (the seed's noise-free set) or "
                          "galaxies (realistic observations of real galaxies of the training split, half of them, "
                          "and procedural sources; the validation galaxies are never drawn)")
-    ap.add_argument("--seed", type=_integer(0), default=d.seed, help=">= 0")
-    ap.add_argument("--batch", type=_integer(1), default=d.batch, help="lenses per step per process (>= 1)")
-    ap.add_argument("--steps", type=_integer(1), default=d.steps, help="total optimisation steps (>= 1)")
-    ap.add_argument("--lr", type=_positive, default=d.lr, help="initial Adam learning rate (> 0)")
-    ap.add_argument("--decay-steps", type=_positive, default=d.decay_steps, help="steps per decay factor (> 0)")
-    ap.add_argument("--decay-rate", type=_rate, default=d.decay_rate, help="lr factor per DECAY_STEPS, in (0, 1]")
-    ap.add_argument("--clip", type=_positive, default=d.clip, help="gradient-norm clipping threshold (finite, > 0)")
-    ap.add_argument("--checkpoint-every", type=_integer(1), default=d.checkpoint_every, help="steps (>= 1)")
-    ap.add_argument("--val-every", type=_integer(1), default=d.val_every, help="steps (>= 1)")
-    ap.add_argument("--val-lenses", type=_integer(0), default=d.val_lenses, help=">= 0")
-    ap.add_argument("--log-every", type=_integer(1), default=d.log_every, help="steps (>= 1)")
-    ap.add_argument("--workers", type=_integer(0), default=d.workers, help="DataLoader processes building operators")
+    ap.add_argument("--seed", type=int_at_least(0), default=d.seed, help=">= 0")
+    ap.add_argument("--batch", type=int_at_least(1), default=d.batch, help="lenses per step per process (>= 1)")
+    ap.add_argument("--steps", type=int_at_least(1), default=d.steps, help="total optimisation steps (>= 1)")
+    ap.add_argument("--lr", type=positive_float, default=d.lr, help="initial Adam learning rate (> 0)")
+    ap.add_argument("--decay-steps", type=positive_float, default=d.decay_steps, help="steps per decay factor (> 0)")
+    ap.add_argument("--decay-rate", type=number_in(0.0, 1.0), default=d.decay_rate, help="lr factor per DECAY_STEPS, in (0, 1]")
+    ap.add_argument("--clip", type=positive_float, default=d.clip, help="gradient-norm clipping threshold (finite, > 0)")
+    ap.add_argument("--checkpoint-every", type=int_at_least(1), default=d.checkpoint_every, help="steps (>= 1)")
+    ap.add_argument("--val-every", type=int_at_least(1), default=d.val_every, help="steps (>= 1)")
+    ap.add_argument("--val-lenses", type=int_at_least(0), default=d.val_lenses, help=">= 0")
+    ap.add_argument("--log-every", type=int_at_least(1), default=d.log_every, help="steps (>= 1)")
+    ap.add_argument("--workers", type=int_at_least(0), default=d.workers, help="DataLoader processes building operators")
     ap.add_argument("--no-amp", action="store_true", help="disable bfloat16 autocast on GPU")
     ap.add_argument("--init", type=Path, default=None,
                     help="start from these weights (a checkpoint or exported weights of the same architecture, e.g. "
                          "rim/weights/rim_realistic.pt with --rim-steps 6 --embed 16 --hidden1 64 --hidden2 16)")
-    ap.add_argument("--rim-steps", type=_integer(1), default=m.steps, help="unrolled iterations T")
-    ap.add_argument("--embed", type=_integer(1), default=m.embed)
-    ap.add_argument("--hidden1", type=_integer(1), default=m.hidden1)
-    ap.add_argument("--hidden2", type=_integer(1), default=m.hidden2)
+    ap.add_argument("--rim-steps", type=int_at_least(1), default=m.steps, help="unrolled iterations T")
+    ap.add_argument("--embed", type=int_at_least(1), default=m.embed)
+    ap.add_argument("--hidden1", type=int_at_least(1), default=m.hidden1)
+    ap.add_argument("--hidden2", type=int_at_least(1), default=m.hidden2)
     ap.add_argument("--no-downsample", action="store_true")
     args = ap.parse_args(argv)
     if args.out.exists() and not args.out.is_dir():

@@ -13,7 +13,7 @@ import math
 import numpy as np
 import pytest
 
-from lensinv.galaxies import (Augmentation, Preparation, RealGalaxySources, default_galaxy_path, draw_galaxy,
+from lensinv.galaxies import (Augmentation, Preparation, RealGalaxySources, default_galaxy_path,
                               load_galaxy_images, prepare_galaxy, render_galaxy, validation_mask)
 from lensinv.grids import SourceGrid
 from lensinv.simulate import (ObservationPreset, SimulationConfig, simulate, simulation_config, training_config,
