@@ -624,8 +624,12 @@ def _arcs(prob: _Problem, resid: np.ndarray, noise_sm: np.ndarray, smooth: float
     wts = flux[significant]
     order = np.argsort(r)
     cum = np.cumsum(wts[order])
-    radius = float(r[order][np.searchsorted(cum, 0.5 * cum[-1])])
-    return significant, center, max(radius, 2.0 * grid.delta)
+    radius = max(float(r[order][np.searchsorted(cum, 0.5 * cum[-1])]), 2.0 * grid.delta)
+    # stray significant pixels far outside or well inside the ring (neighbours, lens-light misfit)
+    # are taken for no arcs: they would widen the source grid traced from them
+    r_all = np.hypot(x - center[0], y - center[1])
+    significant &= (r_all < 2.0 * radius) & (r_all > 0.5 * radius)
+    return significant, center, radius
 
 
 def _geometry(prob: _Problem, significance: float) -> _Geometry:
