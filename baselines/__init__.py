@@ -9,16 +9,21 @@ Imports :mod:`lensinv` only. Any observation operator works (DESIGN.md).
 The pieces ``invert`` composes are public too: :func:`normal_equations`,
 :func:`restricted_prior`, :func:`search_evidence`; and regularizations are small classes
 (:class:`Regularization`), so a new form is one class.
+
+:func:`fit_lens` fits the lens model itself (SIE or EPL, shear, optional lens light) by
+maximising the same evidence over the lens parameters (:mod:`baselines.lens_fit`).
 """
 
 from .evidence import EvidenceSearch, Prior, restricted_prior, search_evidence
 from .inversion import InversionResult, invert, invert_by_evidence
+from .lens_fit import FitConfig, FitProgress, LensFit, MGELight, annular_mask, bad_pixel_mask, fit_lens
 from .masks import arc_mask
 from .normal_equations import NormalEquations, normal_equations
 from .regularization import FORMS, Curvature, Gradient, Regularization, Zeroth, regularization_matrix
 from .solvers import NotPositiveDefiniteError, have_cholmod
 from .warren_dye import warren_dye_setup
 
-__all__ = ["Curvature", "EvidenceSearch", "FORMS", "Gradient", "InversionResult", "NormalEquations",
-           "NotPositiveDefiniteError", "Prior", "Regularization", "Zeroth", "arc_mask", "have_cholmod", "invert", "invert_by_evidence",
+__all__ = ["Curvature", "EvidenceSearch", "FORMS", "FitConfig", "FitProgress", "Gradient", "InversionResult",
+           "LensFit", "MGELight", "NormalEquations", "NotPositiveDefiniteError", "Prior", "Regularization", "Zeroth",
+           "annular_mask", "arc_mask", "bad_pixel_mask", "fit_lens", "have_cholmod", "invert", "invert_by_evidence",
            "normal_equations", "regularization_matrix", "restricted_prior", "search_evidence", "warren_dye_setup"]

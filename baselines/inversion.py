@@ -74,6 +74,10 @@ class InversionResult:
         still rose 12 decades from the start: lam is at the search bound) or ``"steps"``.
     prior_mean : ndarray or None
         ``(n_src, n_src)`` prior mean the source was regularized towards, if one was given.
+    amplitudes : ndarray or None
+        With a ``basis``: the most probable amplitudes of its columns (data units per unit of the
+        columns), solved jointly with the source. ``chi2`` then includes their (weak) prior term
+        ``sum(a^2 / basis_std^2)`` (see :mod:`baselines.normal_equations`).
     """
 
     source: np.ndarray
@@ -92,6 +96,7 @@ class InversionResult:
     timings: dict = field(default_factory=dict)
     status: str = "converged"
     prior_mean: Optional[np.ndarray] = None
+    amplitudes: Optional[np.ndarray] = None
 
     @property
     def reduced_chi2(self) -> float:
@@ -102,7 +107,8 @@ class InversionResult:
 def invert(op: Any, image: np.ndarray, sigma: Union[float, np.ndarray],
            regularization: Union[str, Regularization] = "gradient", lam: Optional[float] = None,
            mask: Optional[np.ndarray] = None, *, prior_mean: Optional[np.ndarray] = None, return_std: bool = False,
-           nonnegative: bool = False, backend: str = "auto", lam_tol: float = 0.04) -> InversionResult:
+           nonnegative: bool = False, backend: str = "auto", lam_tol: float = 0.04, unknowns: str = "reached",
+           basis: Optional[np.ndarray] = None, basis_std: Union[float, np.ndarray, None] = None) -> InversionResult:
     """Reconstruct a source by regularized least squares with the Bayesian evidence.
 
     Parameters
@@ -135,6 +141,18 @@ def invert(op: Any, image: np.ndarray, sigma: Union[float, np.ndarray],
     lam_tol : float
         Tolerance on ``log10(lam)`` when maximising the evidence. The search also goes on until
         the predicted gain in log evidence from a further step is below 0.1 nats.
+    unknowns : {"reached", "all"}
+        Solve for the source pixels some used datum depends on (default), or for the whole grid
+        (then the evidence of different operators on one grid shares one prior and can be
+        compared, e.g. across lens models).
+    basis : ndarray, optional
+        ``(n_data, n_basis)`` extra linear columns (e.g. lens-light profiles convolved with the
+        PSF) solved jointly with the source, with the Gaussian prior ``N(0, basis_std^2)`` on their
+        amplitudes (not regularized), included in the evidence (:mod:`baselines.normal_equations`).
+        Real data only; not with ``nonnegative``.
+    basis_std : float or ndarray, optional
+        The amplitudes' prior standard deviation (data units per unit of the columns); required
+        with ``basis``.
 
     Returns
     -------
@@ -156,7 +174,10 @@ def invert(op: Any, image: np.ndarray, sigma: Union[float, np.ndarray],
     lam_tol = finite_float("lam_tol", lam_tol)
     if lam_tol <= 0:
         raise ValueError(f"lam_tol must be a finite number > 0 (dex), got {lam_tol!r}")
-    neq = normal_equations(op, image, sigma, mask, prior_mean=prior_mean, backend=backend)
+    if basis is not None and nonnegative:
+        raise ValueError("nonnegative is not supported with a basis")
+    neq = normal_equations(op, image, sigma, mask, prior_mean=prior_mean, backend=backend, unknowns=unknowns,
+                           basis=basis, basis_std=basis_std)
     t = time.perf_counter()
     prior = restricted_prior(form, neq.unknowns, neq.source_n)
     P_kept = neq.P if nonnegative and neq.backend != "dense" else None
@@ -238,7 +259,8 @@ def _result(neq: NormalEquations, search: EvidenceSearch, form: Regularization, 
         backend=search.factorization.backend, evaluations=len(curve),
         evidence_curve=tuple(sorted((e.lam / u2, e.log_evidence) for e in curve)),
         single_precision_evaluations=sum(e.single for e in curve), timings=timings, status=search.status,
-        prior_mean=None if neq.prior_mean is None else (neq.prior_mean * neq.unit).reshape(n, n))
+        prior_mean=None if neq.prior_mean is None else (neq.prior_mean * neq.unit).reshape(n, n),
+        amplitudes=None if neq.amplitudes is None else neq.amplitudes(t_opt) * neq.unit)
 
 
 def _nonnegative(A, b: np.ndarray, s0: np.ndarray, lower: np.ndarray) -> np.ndarray:

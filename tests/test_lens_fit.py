@@ -1,0 +1,217 @@
+"""Lens-model fitting by evidence maximisation (baselines.lens_fit), its lens-light basis, masks, and
+the extra linear columns of the normal equations it relies on.
+
+The fits run on small simulated lenses (64x64 images of 0.05 arcsec, 12x12 then 20x20 source
+pixels) with the lens unknown and no starting guess; each takes about 15 s on one core.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.stats
+from scipy.signal import fftconvolve
+
+import baselines
+import lensinv
+from baselines.lens_fit import FitConfig, MGELight, annular_mask, bad_pixel_mask, fit_lens
+
+IG = lensinv.ImageGrid(n=64, pixel_scale=0.05)
+PSF = lensinv.gaussian_psf(0.1, 0.05)
+TRUE = dict(theta_E=0.9, q=0.75, phi=0.4, center_x=0.05, center_y=-0.03, gamma=0.04, gamma_phi=1.1)
+FAST = FitConfig(source_n=20, coarse_source_n=12, refine_evaluations=200, coarse_evaluations=300,
+                 lam_mode="fixed")
+
+
+def _truth() -> lensinv.Lens:
+    t = TRUE
+    return lensinv.Lens(lensinv.SIE(theta_E=t["theta_E"], q=t["q"], phi=t["phi"], center=(t["center_x"], t["center_y"])),
+                        lensinv.ExternalShear(gamma=t["gamma"], phi=t["gamma_phi"]))
+
+
+def _simulate(seed: int, light: bool = False, snr: float = 30.0):
+    """A two-component source behind the true lens (64x64 source pixels, supersample 4), noise at
+    peak S/N ``snr`` of the lensed source; optionally an n = 2 Sersic lens galaxy (q 0.8)."""
+    sg = lensinv.SourceGrid(n=64, fov=1.6)
+    x, y = sg.coordinates()
+    src = (np.exp(-0.5 * ((x - 0.08) ** 2 + (y - 0.03) ** 2 / 0.6) / 0.08**2)
+           + 0.5 * np.exp(-0.5 * ((x + 0.05) ** 2 + (y + 0.1) ** 2) / 0.04**2))
+    clean = lensinv.operator(_truth(), IG, sg, psf=PSF).apply(src)
+    sigma = float(clean.max()) / snr
+    light_img = None
+    if light:
+        gx, gy = IG.coordinates()
+        c, s = math.cos(0.3), math.sin(0.3)
+        xr = c * (gx - TRUE["center_x"]) + s * (gy - TRUE["center_y"])
+        yr = -s * (gx - TRUE["center_x"]) + c * (gy - TRUE["center_y"])
+        r = np.sqrt(0.8 * xr**2 + yr**2 / 0.8)
+        light_img = fftconvolve(0.5 * clean.max() * np.exp(-3.67 * (np.sqrt(r / 0.5) - 1)), PSF, mode="same")
+        clean = clean + light_img
+    rng = np.random.default_rng(seed)
+    return clean + rng.normal(0.0, sigma, clean.shape), sigma, light_img
+
+
+def _check_lens(fit, tol_sigma: float = 3.0, check_sigma: bool = True) -> None:
+    p, s = fit.params, fit.params_std
+    assert abs(p["theta_E"] / TRUE["theta_E"] - 1) < 0.01, p
+    assert abs(p["q"] - TRUE["q"]) < 0.03, p
+    assert math.hypot(p["center_x"] - TRUE["center_x"], p["center_y"] - TRUE["center_y"]) < 0.02, p
+    if check_sigma:
+        for k in ("theta_E", "q", "center_x", "center_y", "gamma"):
+            assert abs(p[k] - TRUE[k]) < tol_sigma * s[k], (k, p[k], TRUE[k], s[k])
+
+
+# ------------------------------------------------------------------------------------------------
+# fits (slow-ish: one fit each)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_fit_finds_lens_without_guess(seed):
+    image, sigma, _ = _simulate(seed)
+    calls = []
+    fit = fit_lens(image, sigma, IG, PSF, config=FAST, progress=calls.append)
+    _check_lens(fit)
+    assert set(fit.params) == {"theta_E", "q", "phi", "center_x", "center_y", "gamma", "gamma_phi"}
+    assert fit.hessian_ok and np.all(np.isfinite(list(fit.params_std.values())))
+    assert 0.8 < fit.chi2_per_pixel < 1.2
+    assert fit.n_pixels == IG.size and fit.inversion.source.shape == (20, 20)
+    assert len(calls) == sum(fit.evaluations.values()) and calls[-1].best_log_evidence >= fit.log_evidence - 1e-6
+    assert fit.timings["total"] > 0 and fit.lens_light is None
+
+
+def test_fit_with_lens_light_recovers_lens_and_light():
+    image, sigma, light_img = _simulate(3, light=True)
+    fit = fit_lens(image, sigma, IG, PSF, lens_light=MGELight(), config=FAST)
+    _check_lens(fit, check_sigma=False)
+    assert abs(fit.light_q - 0.8) < 0.03
+    # the light model matches the true light to well within the noise per pixel
+    assert np.sqrt(np.mean((fit.lens_light - light_img) ** 2)) < 0.5 * sigma
+    assert fit.light_amplitudes.shape == (12,)
+    assert 0.8 < fit.chi2_per_pixel < 1.2
+
+
+def test_bad_pixels_are_masked_and_do_not_bias():
+    image, sigma, _ = _simulate(1)
+    rng = np.random.default_rng(7)
+    noise = np.full(image.shape, sigma)
+    bad = rng.choice(IG.size, 40, replace=False)
+    noise.flat[bad] = 1e8
+    image = image.copy()
+    image.flat[bad] = 1e4 * sigma  # garbage where the noise map says "masked"
+    image.flat[bad[:5]] = np.nan
+    fit = fit_lens(image, noise, IG, PSF, config=FAST)
+    assert fit.n_pixels == IG.size - 40 and not fit.mask.flat[bad].any()
+    _check_lens(fit)
+    assert 0.8 < fit.chi2_per_pixel < 1.2
+
+
+# ------------------------------------------------------------------------------------------------
+# fast pieces
+
+
+def test_bad_pixel_mask_rules():
+    sig = np.ones((4, 4))
+    sig[0, 0], sig[0, 1], sig[0, 2], sig[0, 3], sig[1, 0] = np.nan, np.inf, 1e8, 0.0, 9e5
+    img = np.zeros((4, 4))
+    img[2, 2] = np.nan
+    m = bad_pixel_mask(sig, img)
+    assert m.dtype == bool and m.sum() == 16 - 5
+    assert not m[0].any() and m[1, 0] and not m[2, 2]
+    assert bad_pixel_mask(2.0, np.zeros((3, 3))).all()
+    with pytest.raises(ValueError, match="huge"):
+        bad_pixel_mask(sig, huge=0.5)
+    with pytest.raises(ValueError, match="sigma"):
+        bad_pixel_mask(np.zeros((2, 2)))
+
+
+def test_annular_mask():
+    m = annular_mask(IG, 0.5, 1.0, center=(0.1, 0.0))
+    x, y = IG.coordinates()
+    r = np.hypot(x - 0.1, y)
+    assert np.array_equal(m, (r >= 0.5) & (r < 1.0))
+    with pytest.raises(ValueError, match="r_in"):
+        annular_mask(IG, 1.0, 0.5)
+
+
+def test_mge_basis():
+    light = MGELight(n_components=5, q=0.7, phi=0.2)
+    B = light.basis(IG, (0.05, -0.03), None)
+    assert B.shape == (IG.size, 5) and np.all(B >= 0)
+    # the widest component peaks (about 1) at the centre's pixel and is elongated along phi
+    img = B[:, -1].reshape(IG.shape)
+    assert img.max() == pytest.approx(1.0, abs=1e-3)
+    # the PSF keeps the flux of components well inside the image
+    assert np.allclose(np.sum(light.basis(IG, (0.0, 0.0), PSF), axis=0)[:3],
+                       np.sum(light.basis(IG, (0.0, 0.0), None), axis=0)[:3], rtol=1e-3)
+    for kw, name in (({"n_components": 0}, "n_components"), ({"q": 1.5}, "q"), ({"sigma_min": -1}, "sigma_min"),
+                     ({"sigma_min": 2.0, "sigma_max": 1.0}, "sigma_max")):
+        with pytest.raises(ValueError, match=name):
+            MGELight(**kw)
+
+
+def test_fit_config_and_inputs_validated():
+    with pytest.raises(ValueError, match="lam_mode"):
+        FitConfig(lam_mode="sometimes")
+    with pytest.raises(ValueError, match="source_n"):
+        FitConfig(source_n=2)
+    image = np.zeros(IG.shape)
+    with pytest.raises(ValueError, match="profile"):
+        fit_lens(image, 1.0, IG, profile="NFW")
+    with pytest.raises(ValueError, match="mask"):
+        fit_lens(image, 1.0, IG, mask=np.ones(IG.shape, dtype=int))
+    with pytest.raises(ValueError, match="no significant lensed light"):
+        fit_lens(np.random.default_rng(0).normal(size=IG.shape), 1.0, IG)
+
+
+@pytest.mark.parametrize("unknowns", ["reached", "all"])
+@pytest.mark.parametrize("with_basis", [False, True])
+def test_basis_evidence_matches_dense_gaussian(unknowns, with_basis):
+    """invert's evidence with extra columns (and over the whole grid) is the Gaussian marginal
+    likelihood N(d; 0, C + M (lam H)^-1 M^T + B V B^T), computed densely."""
+    ig, sg = lensinv.ImageGrid(n=20, pixel_scale=0.1), lensinv.SourceGrid(n=10, fov=1.6)  # some pixels unreached
+    op = lensinv.operator(lensinv.Lens(lensinv.SIE(theta_E=0.6, q=0.8)), ig, sg, psf=lensinv.gaussian_psf(0.15, 0.1))
+    rng = np.random.default_rng(0)
+    B = rng.normal(size=(ig.size, 3)) if with_basis else None
+    d = op.apply(rng.normal(size=sg.size)) + rng.normal(0, 0.3, ig.size) + (B @ [1.0, 2.0, 3.0] if with_basis else 0)
+    mask = rng.random(ig.size) > 0.2
+    lam = 0.7
+    r = baselines.invert(op, d, 0.3, lam=lam, mask=mask, unknowns=unknowns, basis=B,
+                         basis_std=5.0 if with_basis else None)
+    M = op.matrix.toarray()[mask]
+    H = baselines.regularization_matrix("gradient", sg.n).toarray()
+    cols = np.arange(sg.size) if unknowns == "all" else np.flatnonzero(np.any(M != 0, axis=0))
+    assert r.n_unknowns == cols.size and (unknowns == "all" or cols.size < sg.size)
+    C = 0.09 * np.eye(mask.sum()) + M[:, cols] @ np.linalg.inv(lam * H[np.ix_(cols, cols)]) @ M[:, cols].T
+    if with_basis:
+        C += 25.0 * B[mask] @ B[mask].T
+    ref = scipy.stats.multivariate_normal(np.zeros(mask.sum()), C).logpdf(d[mask])
+    assert r.log_evidence == pytest.approx(ref, abs=1e-6 * abs(ref))
+    if with_basis:
+        # the amplitudes are the joint solution's
+        Mc = M[:, cols]
+        A = np.block([[Mc.T @ Mc / 0.09 + lam * H[np.ix_(cols, cols)], Mc.T @ B[mask] / 0.09],
+                      [B[mask].T @ Mc / 0.09, B[mask].T @ B[mask] / 0.09 + np.eye(3) / 25.0]])
+        rhs = np.concatenate([Mc.T @ d[mask], B[mask].T @ d[mask]]) / 0.09
+        sol = np.linalg.solve(A, rhs)
+        assert np.allclose(r.amplitudes, sol[-3:], rtol=1e-7, atol=1e-9)
+        assert np.allclose(r.source.reshape(-1)[cols], sol[:-3], rtol=1e-6, atol=1e-8)
+    else:
+        assert r.amplitudes is None
+
+
+def test_basis_validation():
+    op = lensinv.operator(lensinv.Lens(lensinv.SIE(theta_E=0.6)), lensinv.ImageGrid(n=12, pixel_scale=0.1),
+                          lensinv.SourceGrid(n=6, fov=1.0))
+    d = np.zeros(op.shape[0])
+    with pytest.raises(ValueError, match="basis_std"):
+        baselines.invert(op, d, 1.0, basis=np.ones((d.size, 2)))
+    with pytest.raises(ValueError, match="basis_std"):
+        baselines.invert(op, d, 1.0, basis=np.ones((d.size, 2)), basis_std=[1.0, -1.0])
+    with pytest.raises(ValueError, match="basis must have shape"):
+        baselines.invert(op, d, 1.0, basis=np.ones(d.size + 1), basis_std=1.0)
+    with pytest.raises(ValueError, match="backend"):
+        baselines.invert(op, d, 1.0, basis=np.ones((d.size, 1)), basis_std=1.0, backend="splu")
+    with pytest.raises(ValueError, match="unknowns"):
+        baselines.invert(op, d, 1.0, unknowns="some")
