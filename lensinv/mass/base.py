@@ -110,6 +110,15 @@ class MassProfile:
         return Lens(self).deflection(x, y)
 
 
+class Elliptical:
+    """Mixin of profiles with an axis ratio ``q`` and position angle ``phi``: lenstronomy's ``(e1, e2)``."""
+
+    @property
+    def ellipticity(self) -> tuple[float, float]:
+        """lenstronomy's ``(e1, e2) = (1-q)/(1+q) (cos 2phi, sin 2phi)``."""
+        return q_phi_to_ellipticity(self.q, self.phi)
+
+
 _REGISTRY: dict[str, type[MassProfile]] = {}
 _LENSTRONOMY: dict[str, type[MassProfile]] = {}
 

@@ -23,8 +23,8 @@ from typing import ClassVar, Mapping
 import numpy as np
 
 from ..validate import finite_float, positive_float
-from .base import (MassProfile, axis_ratio, center_pair, deflection_kernel, ellipticity_to_q_phi,
-                   q_phi_to_ellipticity, register)
+from .base import (Elliptical, MassProfile, axis_ratio, center_pair, deflection_kernel, ellipticity_to_q_phi,
+                   register)
 
 #: Smallest axis ratio: the series needs ~ln(2^-56)/ln f terms, ~1,900 at q = 0.02.
 Q_MIN = 0.02
@@ -101,7 +101,7 @@ def epl_deflection(x, y, p, ax, ay):
 
 @register
 @dataclass(frozen=True)
-class EPL(MassProfile):
+class EPL(Elliptical, MassProfile):
     """Elliptical power-law mass (Tessore & Metcalf 2015); lenstronomy's ``EPL``.
 
     Convergence ``kappa = (3 - gamma)/2 (theta_E / sqrt(q x'^2 + y'^2 / q))^(gamma - 1)``.
@@ -144,11 +144,6 @@ class EPL(MassProfile):
         object.__setattr__(self, "q", q)
         object.__setattr__(self, "phi", finite_float("phi", self.phi))
         object.__setattr__(self, "center", center_pair(self.center))
-
-    @property
-    def ellipticity(self) -> tuple[float, float]:
-        """lenstronomy's ``(e1, e2) = (1-q)/(1+q) (cos 2phi, sin 2phi)``."""
-        return q_phi_to_ellipticity(self.q, self.phi)
 
     def packed(self) -> np.ndarray:
         q = self.q

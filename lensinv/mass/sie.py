@@ -10,8 +10,8 @@ import numpy as np
 
 from ..validate import finite_float, positive_float
 from .._vmath import _bits, _from_bits, atan_ratio, atanh_ratio
-from .base import (MassProfile, axis_ratio, center_pair, deflection_kernel, ellipticity_to_q_phi,
-                   q_phi_to_ellipticity, register)
+from .base import (Elliptical, MassProfile, axis_ratio, center_pair, deflection_kernel, ellipticity_to_q_phi,
+                   register)
 
 
 @deflection_kernel
@@ -59,7 +59,7 @@ def sie_deflection(x, y, p, ax, ay):
 
 @register
 @dataclass(frozen=True)
-class SIE(MassProfile):
+class SIE(Elliptical, MassProfile):
     """Singular isothermal ellipsoid (Kormann et al. 1994).
 
     Convergence ``kappa = theta_E / (2 sqrt(q x'^2 + y'^2 / q))`` in the frame
@@ -93,11 +93,6 @@ class SIE(MassProfile):
         object.__setattr__(self, "q", axis_ratio("q", self.q))
         object.__setattr__(self, "phi", finite_float("phi", self.phi))
         object.__setattr__(self, "center", center_pair(self.center))
-
-    @property
-    def ellipticity(self) -> tuple[float, float]:
-        """lenstronomy's ``(e1, e2) = (1-q)/(1+q) (cos 2phi, sin 2phi)``."""
-        return q_phi_to_ellipticity(self.q, self.phi)
 
     def packed(self) -> np.ndarray:
         return np.array([self.theta_E * math.sqrt(self.q), self.q, math.cos(self.phi), math.sin(self.phi),
