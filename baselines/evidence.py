@@ -313,8 +313,10 @@ def _maximise_evidence(evaluate: _Evidence, x0: float, tol: float, start_single:
     value and slope peaks within ``tol`` of it with a gain below ``_GAIN_TOL``; otherwise the
     search goes on in double precision from that parabola's peak.
 
-    Returns how it ended: ``"converged"``, ``"bound"`` (the evidence still rose at 12 decades
-    from the start) or ``"steps"`` (60 steps without converging).
+    Returns how it ended: ``"converged"``, ``"flat"`` (the evidence levels off towards an
+    asymptote on a one-sided slope, gaining less than ``_GAIN_TOL`` per step, as for a prior mean
+    the data cannot improve on, where the optimum is lam -> inf; see :func:`_flat`), ``"bound"`` (the evidence still
+    rose at 12 decades from the start) or ``"steps"`` (60 steps without converging).
     """
     pts: list[_Point] = []
     x = x0
@@ -324,8 +326,15 @@ def _maximise_evidence(evaluate: _Evidence, x0: float, tol: float, start_single:
         pts.append(p)
         step = _next_step(p, pts)
         # a Newton step's predicted gain is g^2 / (2 |g'|)
-        if not single and abs(step) < tol and (p.dg < 0 and 0.5 * p.g**2 / -p.dg < _GAIN_TOL):
+        if not single and abs(step) < tol and (p.dg < 0 and 0.5 * p.g * p.g / -p.dg < _GAIN_TOL):
             return "converged"
+        if _flat(pts, step):
+            # still rising, but by less than _GAIN_TOL over a full step: the evidence has levelled
+            # off (e.g. a prior mean the data cannot improve on, where lam -> inf); more is not worth it
+            log.debug("the evidence has levelled off at lam = %.3g", math.exp(x))
+            if single:
+                evaluate(x, False, derivatives=False)
+            return "flat"
         if not x0 - _SPAN <= x + step <= x0 + _SPAN:
             log.warning("the evidence keeps rising towards lam = %.3g; stopping at the search bound", math.exp(x))
             if single:
@@ -351,6 +360,24 @@ def _maximise_evidence(evaluate: _Evidence, x0: float, tol: float, start_single:
     log.warning("the evidence search did not converge in 60 steps; using lam = %.4g", math.exp(x))
     evaluate(x, False, derivatives=False)
     return "steps"
+
+
+def _flat(pts: list, step: float) -> bool:
+    """Whether the evidence has levelled off on a one-sided slope: the last three points move the
+    same way (the way the derivative points, which keeps its sign) over more than 0.75 dex, the last
+    move gained less than ``_GAIN_TOL`` nats, and so does the predicted next step. An interior
+    maximum never qualifies (the derivative changes sign near it), so this only ends searches that
+    would otherwise creep towards lam -> 0 or inf, as with a prior mean the data cannot improve on."""
+    if len(pts) < 3:
+        return False
+    a, b, c = pts[-3], pts[-2], pts[-1]
+    sign = math.copysign(1.0, c.g)
+    if not (a.g * sign > 0 and b.g * sign > 0 and step * sign > 0):
+        return False
+    if not ((b.x - a.x) * sign > 0 and (c.x - b.x) * sign > 0 and abs(c.x - a.x) > 0.75 * _LN10):
+        return False
+    predicted = 0.5 * c.g * c.g / -c.dg if c.dg < 0 else math.inf
+    return 0.0 <= c.log_evidence - b.log_evidence < _GAIN_TOL and predicted < _GAIN_TOL
 
 
 def _next_step(p: _Point, pts: list) -> float:

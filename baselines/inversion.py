@@ -70,7 +70,8 @@ class InversionResult:
     timings : dict
         Seconds spent per stage (``normal_matrix``, ``factorisations``, ...).
     status : str
-        How the search ended: ``"converged"``, ``"fixed"`` (lam given), ``"bound"`` (the evidence
+        How the search ended: ``"converged"``, ``"fixed"`` (lam given), ``"flat"`` (the evidence levels
+        off towards large or small lam, within 0.1 nats), ``"bound"`` (the evidence
         still rose 12 decades from the start: lam is at the search bound) or ``"steps"``.
     prior_mean : ndarray or None
         ``(n_src, n_src)`` prior mean the source was regularized towards, if one was given.

@@ -232,3 +232,15 @@ def test_complex_data_needs_a_complex_operator(problem):
     op, _, d = problem
     with pytest.raises(ValueError, match="complex"):
         invert(op, d + 1j, 0.02)
+
+
+def test_a_prior_mean_the_data_cannot_improve_on_stops_early(problem, rng):
+    """With the true source as the prior mean the evidence rises towards lam -> inf and levels off:
+    the search stops once a maximal step gains < 0.1 nats, instead of walking 12 decades."""
+    op, s, _ = problem
+    d = op.apply(s) + rng.normal(0, 0.02, IMG.shape)
+    res = invert(op, d, 0.02, prior_mean=s)
+    assert res.status in ("flat", "converged") and res.evaluations <= 8
+    np.testing.assert_allclose(res.source, s, atol=0.05 * s.max())
+    far = invert(op, d, 0.02, prior_mean=s, lam=res.lam * 1e4).log_evidence
+    assert far - res.log_evidence < 0.2  # nothing much left to gain
