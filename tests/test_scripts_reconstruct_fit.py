@@ -1,0 +1,213 @@
+"""reconstruct.py fitting the lens (no --lens), masks and bad pixels, fit.json (DESIGN.md "Command line").
+
+In-process on a 48 x 48 image of 0.05 arcsec with a quick fit configuration (``reconstruct.FIT_CONFIG``):
+each fit takes some seconds on one core.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from scipy.signal import fftconvolve
+
+import lensinv
+from baselines import FitConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+N, SCALE = 48, 0.05
+IG = lensinv.ImageGrid(N, SCALE)
+PSF = lensinv.gaussian_psf(0.1, SCALE)
+TRUE = dict(theta_E=0.75, q=0.8, phi=0.4, center_x=0.03, center_y=-0.02, gamma=0.03, gamma_phi=1.1)
+LENS = ",".join(f"{k}={v}" for k, v in TRUE.items())
+QUICK = FitConfig(source_n=16, coarse_source_n=12, refine_evaluations=150, coarse_evaluations=250, lam_mode="fixed")
+KEYS = {"lens", "lens_std", "chi2_per_pixel", "n_pixels", "log_evidence", "method"}
+LENS_KEYS = {"theta_E", "q", "phi", "center_x", "center_y", "gamma", "gamma_phi"}
+
+
+@pytest.fixture(scope="module")
+def rec():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        mod = importlib.import_module("reconstruct")
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    old = mod.FIT_CONFIG
+    mod.FIT_CONFIG = QUICK
+    yield mod
+    mod.FIT_CONFIG = old
+
+
+def _truth() -> lensinv.Lens:
+    t = TRUE
+    return lensinv.Lens(lensinv.SIE(t["theta_E"], t["q"], t["phi"], (t["center_x"], t["center_y"])),
+                        lensinv.ExternalShear(t["gamma"], t["gamma_phi"]))
+
+
+def _simulate(seed: int = 1, light: bool = False) -> tuple[np.ndarray, float]:
+    """A two-Gaussian source behind the true lens, peak S/N 30; optionally a Sersic-like lens galaxy."""
+    sg = lensinv.SourceGrid(64, 1.4)
+    x, y = sg.coordinates()
+    src = (np.exp(-0.5 * ((x - 0.06) ** 2 + (y - 0.02) ** 2 / 0.6) / 0.07**2)
+           + 0.5 * np.exp(-0.5 * ((x + 0.05) ** 2 + (y + 0.08) ** 2) / 0.04**2))
+    clean = lensinv.operator(_truth(), IG, sg, psf=PSF).apply(src)
+    sigma = float(clean.max()) / 30.0
+    if light:
+        gx, gy = IG.coordinates()
+        r = np.hypot(gx - TRUE["center_x"], gy - TRUE["center_y"])
+        clean = clean + fftconvolve(0.5 * clean.max() * np.exp(-3.67 * (np.sqrt(r / 0.4) - 1)), PSF, mode="same")
+    return clean + np.random.default_rng(seed).normal(0.0, sigma, clean.shape), sigma
+
+
+def _files(d: Path, image: np.ndarray, noise: np.ndarray) -> list[str]:
+    d.mkdir(parents=True, exist_ok=True)
+    h = fits.Header()
+    h["PIXSCALE"] = SCALE
+    fits.PrimaryHDU(image, header=h).writeto(d / "image.fits", overwrite=True)
+    fits.PrimaryHDU(noise).writeto(d / "noise.fits", overwrite=True)
+    fits.PrimaryHDU(PSF).writeto(d / "psf.fits", overwrite=True)
+    return ["--image", str(d / "image.fits"), "--noise", str(d / "noise.fits"), "--psf", str(d / "psf.fits")]
+
+
+def _refused(rec, argv, capsys, *words) -> str:
+    try:
+        rc = rec.main(argv)
+    except SystemExit as e:
+        rc = e.code
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    for w in words:
+        assert w in err, err
+    return err
+
+
+def _load(out: Path) -> dict:
+    result = json.loads((out / "fit.json").read_text())
+    assert set(result) == KEYS, result
+    return result
+
+
+@pytest.fixture(scope="module")
+def sim():
+    return _simulate(1)
+
+
+def test_fit_without_lens_writes_fit_json(rec, sim, tmp_path, capsys):
+    image, sigma = sim
+    out = tmp_path / "r"
+    t = time.perf_counter()
+    assert rec.main(_files(tmp_path, image, np.full(image.shape, sigma)) + ["--method", "warren-dye",
+                                                                          "--out", str(out)]) == 0
+    wall = time.perf_counter() - t
+    err = capsys.readouterr().err
+    assert "fit" in err  # the progress bar and the summary
+    r = _load(out)
+    assert set(r["lens"]) == LENS_KEYS and set(r["lens_std"]) == LENS_KEYS
+    assert abs(r["lens"]["theta_E"] / TRUE["theta_E"] - 1) < 0.02, r["lens"]
+    assert abs(r["lens"]["q"] - TRUE["q"]) < 0.05, r["lens"]
+    assert math.hypot(r["lens"]["center_x"] - TRUE["center_x"], r["lens"]["center_y"] - TRUE["center_y"]) < 0.03
+    assert all(v is None or (math.isfinite(v) and v >= 0) for v in r["lens_std"].values())
+    assert r["lens_std"]["theta_E"] is not None and r["lens_std"]["theta_E"] < 0.02
+    assert r["n_pixels"] == N * N and r["method"] == "warren-dye"
+    assert 0.7 < r["chi2_per_pixel"] < 1.3 and math.isfinite(r["log_evidence"])
+    h = fits.getheader(out / "source.fits")
+    assert h["FITTED"] and math.isclose(h["THETA_E"], r["lens"]["theta_E"])
+    assert (out / "fit.png").stat().st_size > 0 and not list(out.glob("*.tmp*"))
+    print(f"fit without --lens: {wall:.1f} s")
+
+
+def test_bad_pixels_and_mask_file_are_not_fitted(rec, sim, tmp_path):
+    """1e8 noise (with garbage data) and NaN noise are masked, as is a non-zero --mask; n_pixels counts the
+    rest, and the fit still finds the lens."""
+    image, sigma = sim
+    image, noise = image.copy(), np.full(image.shape, sigma)
+    bad = np.random.default_rng(3).choice(N * N, 30, replace=False)
+    noise.flat[bad] = 1e8
+    noise.flat[bad[:3]] = np.nan
+    image.flat[bad] = 1e4 * sigma
+    mask = np.zeros(image.shape, dtype=np.int16)
+    mask[2:8, 3:9] = 1  # an "interloper" in a corner, with garbage in it
+    image[2:8, 3:9] = 50 * sigma
+    fits.PrimaryHDU(mask).writeto(tmp_path / "mask.fits")
+    excluded = mask.astype(bool) | ~np.isfinite(noise) | (noise > 1e6)
+    out = tmp_path / "r"
+    argv = _files(tmp_path, image, noise) + ["--mask", str(tmp_path / "mask.fits"), "--method", "warren-dye",
+                                             "--out", str(out)]
+    assert rec.main(argv) == 0
+    r = _load(out)
+    assert r["n_pixels"] == N * N - int(excluded.sum())
+    assert abs(r["lens"]["theta_E"] / TRUE["theta_E"] - 1) < 0.02, r["lens"]
+    assert 0.7 < r["chi2_per_pixel"] < 1.3
+
+
+def test_bad_pixels_are_masked_with_a_given_lens(rec, sim, tmp_path):
+    image, sigma = sim
+    image, noise = image.copy(), np.full(image.shape, sigma)
+    x, y = IG.coordinates()
+    on_arc = np.flatnonzero(np.abs(np.hypot(x, y) - TRUE["theta_E"]) < 0.05)[::7]
+    noise.flat[on_arc] = 1e8
+    image.flat[on_arc] = 1e4 * sigma
+    out = tmp_path / "r"
+    assert rec.main(_files(tmp_path, image, noise) + ["--lens", LENS, "--method", "warren-dye", "--source-n", "24",
+                                                      "--out", str(out)]) == 0
+    r = _load(out)
+    assert r["lens_std"] is None and r["lens"] == pytest.approx(TRUE)
+    assert 0.5 < r["chi2_per_pixel"] < 1.5  # a garbage pixel fitted as data would add ~1e8 to chi2
+    assert 0 < r["n_pixels"] <= N * N - on_arc.size
+    assert np.all(np.isfinite(fits.getdata(out / "source.fits")))
+
+
+def test_mask_file_with_a_given_lens_and_lens_light(rec, tmp_path):
+    image, sigma = _simulate(2, light=True)
+    mask = np.zeros(image.shape)
+    mask[20:28, 40:46] = 1.0
+    image[20:28, 40:46] += 100 * sigma
+    fits.PrimaryHDU(mask).writeto(tmp_path / "mask.fits")
+    out = tmp_path / "r"
+    assert rec.main(_files(tmp_path, image, np.full(image.shape, sigma))
+                    + ["--lens", LENS, "--lens-light", "--mask", str(tmp_path / "mask.fits"),
+                       "--method", "warren-dye", "--source-n", "24", "--out", str(out)]) == 0
+    r = _load(out)
+    assert 0.5 < r["chi2_per_pixel"] < 1.5
+    assert (out / "fit.png").exists()
+
+
+def test_no_overwrite_without_the_flag(rec, sim, tmp_path, capsys, monkeypatch):
+    image, sigma = sim
+    out = tmp_path / "r"
+    argv = _files(tmp_path, image, np.full(image.shape, sigma)) + ["--lens", LENS, "--method", "warren-dye",
+                                                                   "--source-n", "16", "--out", str(out)]
+    assert rec.main(argv) == 0
+    before = {n: (out / n).read_bytes() for n in ("fit.json", "source.fits")}
+    monkeypatch.setattr(rec, "run", lambda args: pytest.fail("work started"))
+    _refused(rec, argv, capsys, "--overwrite")
+    no_lens = argv[:argv.index("--lens")] + argv[argv.index("--lens") + 2:]
+    _refused(rec, no_lens, capsys, "--overwrite")  # refused before any fitting too
+    assert {n: (out / n).read_bytes() for n in before} == before
+    monkeypatch.undo()
+    argv[argv.index("--source-n") + 1] = "20"
+    assert rec.main(argv + ["--overwrite"]) == 0
+    assert fits.getdata(out / "source.fits").shape == (20, 20)
+
+
+def test_bad_flags_exit_2_before_the_work(rec, sim, tmp_path, capsys, monkeypatch):
+    image, sigma = sim
+    base = _files(tmp_path, image, np.full(image.shape, sigma)) + ["--out", str(tmp_path / "r")]
+    monkeypatch.setattr(rec, "run", lambda args: pytest.fail("work started"))
+    _refused(rec, base + ["--method", "warren-dye", "--profile", "NFW"], capsys, "--profile")
+    _refused(rec, base + ["--method", "warren-dye", "--profile", "EPL", "--lens", LENS], capsys, "--profile")
+    _refused(rec, base + ["--method", "rim", "--lens-light"], capsys, "--lens-light")
+    _refused(rec, base + ["--method", "warren-dye", "--lens", "theta_E=x"], capsys, "--lens", "theta_E")
+    monkeypatch.undo()
+    fits.PrimaryHDU(np.zeros((10, 10))).writeto(tmp_path / "small.fits")
+    _refused(rec, base + ["--method", "warren-dye", "--mask", str(tmp_path / "small.fits")], capsys, "--mask", "shape")
+    fits.PrimaryHDU(np.ones(image.shape)).writeto(tmp_path / "all.fits")
+    _refused(rec, base + ["--method", "warren-dye", "--mask", str(tmp_path / "all.fits")], capsys, "masked")
+    assert not (tmp_path / "r").exists()
