@@ -1,20 +1,33 @@
 #!/usr/bin/env python
-"""Reconstruct the source of an observed lens (FITS) with the RIM or a Warren-Dye inversion.
+"""Reconstruct the source of an observed lens (FITS) with the RIM or a Warren-Dye inversion, fitting the lens.
 
+    python scripts/reconstruct.py --image image.fits --noise noise_map.fits --psf psf.fits \\
+        --method warren-dye --out results/obs1                      # fits the lens (SIE + shear)
     python scripts/reconstruct.py --image obs.fits --lens "theta_E=1.1,q=0.8,phi=0.4,gamma=0.03,gamma_phi=1.2" \\
         --sigma 0.02 --psf-fwhm 0.08 --method warren-dye --out results/obs1
+
+Without --lens the lens is fitted (``baselines.fit_lens``: evidence maximisation from no guess, a
+progress bar on stderr) on the largest centred square cut-out at the native scale, with --profile
+SIE|EPL and, with --lens-light, the lens galaxy's light modelled jointly (a multi-Gaussian
+expansion); rim and rim+wd then run the RIM with the fitted lens. Noise values that are
+non-finite or >= 1e6 times the median, non-finite data, and non-zero pixels of --mask are
+masked: never fitted (also with --lens).
 
 The image's pixel scale comes from its FITS header (celestial WCS, or a PIXSCALE keyword in
 arcsec) or --pixel-scale. The lens is centred at (center_x, center_y) arcsec from the centre
 of the image. For the RIM the image (and noise map, PSF) are resampled onto the model's grid
 (192 x 0.04 arcsec) when they differ; Warren-Dye works on the largest centred square cut-out at
-the native scale. Writes OUT/source.fits (header: method, grid, lens) and OUT/reconstruction.png.
-It never overwrites an earlier result (a folder holding source.fits or fit.json) without
---overwrite; that is checked, like every flag, before any work.
+the native scale. Writes OUT/fit.json (DESIGN.md: "lens", "lens_std" (null for a given lens),
+"chi2_per_pixel" and "n_pixels" over the fitted pixels, "log_evidence" (null for the RIM alone),
+"method"), OUT/source.fits (header: method, grid, lens), OUT/fit.png (data, model, normalised
+residuals, source, lens light) and OUT/reconstruction.png. It never overwrites an earlier result
+(a folder holding source.fits, fit.json or a figure) without --overwrite; that is checked, like
+every flag, before any work.
 
 For the RIM, --source-n (and the image) must fit the model: its source grid is fixed by its
 weights, and an image covering less than half of the model's field in either direction, or with
 fewer than 16 pixels on a side, is refused rather than zero-padded into an invented observation.
+The RIM sees masked pixels as zeros (it has no mask); rim+wd's inversion leaves them out.
 """
 
 from __future__ import annotations
@@ -127,6 +140,25 @@ def centred_square(a: np.ndarray) -> np.ndarray:
     n = min(a.shape)
     i0, j0 = (a.shape[0] - n) // 2, (a.shape[1] - n) // 2
     return a[i0:i0 + n, j0:j0 + n]
+
+
+def cutout_offset(shape: tuple[int, int], scale: float) -> tuple[float, float]:
+    """Where the centre of :func:`centred_square`'s cut-out lies from the image's centre, ``(dx, dy)`` arcsec.
+
+    Zero unless the sides differ by an odd number of pixels (then half a pixel).
+    """
+    n = min(shape)
+    i0, j0 = (shape[0] - n) // 2, (shape[1] - n) // 2
+    return (j0 + (n - 1) / 2 - (shape[1] - 1) / 2) * scale, (i0 + (n - 1) / 2 - (shape[0] - 1) / 2) * scale
+
+
+def shift_lens(lens: lensinv.Lens, dx: float, dy: float) -> lensinv.Lens:
+    """The lens with its main profile's centre moved by ``(dx, dy)`` arcsec (a change of origin)."""
+    if dx == 0 and dy == 0:
+        return lens
+    main_, *rest = lens.components
+    moved = dataclasses.replace(main_, center=(float(main_.center[0]) + dx, float(main_.center[1]) + dy))
+    return lensinv.Lens(moved, *rest)
 
 
 def resample(a: np.ndarray, scale_in: float, grid: lensinv.ImageGrid) -> np.ndarray:
@@ -342,8 +374,9 @@ def run(args) -> int:
                                      progress=bar)
         finally:
             bar.close()
-        lens = fit.lens
-        p = fit.params
+        dx, dy = cutout_offset(image.shape, scale)
+        lens = shift_lens(fit.lens, dx, dy)  # from the image's centre, as --lens is
+        p = dict(fit.params, center_x=fit.params["center_x"] + dx, center_y=fit.params["center_y"] + dy)
         print(f"lens fit ({args.profile}{' + lens light' if args.lens_light else ''}): theta_E {p['theta_E']:.4f}, "
               f"q {p['q']:.3f}, centre ({p['center_x']:.3f}, {p['center_y']:.3f}) arcsec; chi2/N "
               f"{fit.chi2_per_pixel:.3f} over {fit.n_pixels} pixels; {fit.timings['total']:.1f} s", file=sys.stderr)
@@ -401,15 +434,16 @@ def run(args) -> int:
     else:
         source_grid = lensinv.SourceGrid(64 if args.source_n is None else args.source_n,
                                          1.5 if args.source_fov is None else args.source_fov)
+        dx, dy = cutout_offset(image.shape, scale)
         image, sigma, use = centred_square(image), centred_square(sigma), centred_square(use)
         grid = lensinv.ImageGrid(image.shape[0], scale)
         if args.psf_fwhm:
             kernel = lensinv.gaussian_psf(args.psf_fwhm, scale)
-        op = lensinv.operator(lens, grid, source_grid, psf=kernel)
+        op = lensinv.operator(shift_lens(lens, -dx, -dy), grid, source_grid, psf=kernel)
         fitted = baselines.arc_mask(image, sigma) & use
         kw = {}
         if args.lens_light:
-            B, std = _light_basis(grid, lens, kernel, image, fitted)
+            B, std = _light_basis(grid, shift_lens(lens, -dx, -dy), kernel, image, fitted)
             kw = {"basis": B, "basis_std": std}
         res = baselines.invert(op, image, sigma, regularization=args.regularization, mask=fitted, **kw)
         source, log_ev = res.source, float(res.log_evidence)
@@ -422,7 +456,7 @@ def run(args) -> int:
     n_fit = int(fitted.sum())
     chi2 = float(np.sum(((image - model_image) / sigma)[fitted] ** 2))
     if fit is not None:
-        params = dict(fit.params)
+        params = p
         params_std = {k: _finite_or_none(v) for k, v in fit.params_std.items()}
         if not any(v is not None for v in params_std.values()):
             params_std = None

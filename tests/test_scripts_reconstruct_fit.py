@@ -211,3 +211,34 @@ def test_bad_flags_exit_2_before_the_work(rec, sim, tmp_path, capsys, monkeypatc
     fits.PrimaryHDU(np.ones(image.shape)).writeto(tmp_path / "all.fits")
     _refused(rec, base + ["--method", "warren-dye", "--mask", str(tmp_path / "all.fits")], capsys, "masked")
     assert not (tmp_path / "r").exists()
+
+
+def test_fit_then_rim_plus_wd_with_the_fitted_lens(rec, sim, tmp_path):
+    """rim+wd without --lens: the lens fitted by Warren-Dye, then the (tiny, untrained) RIM and the
+    inversion with it on the RIM's grid; an odd-sided image, whose cut-out is half a pixel off
+    centre: the reported centre is still from the image's centre."""
+    import torch
+
+    from rim import RIM, RIMConfig
+    from rim.train import TrainConfig, save_checkpoint
+
+    torch.manual_seed(0)
+    cfg = RIMConfig(steps=2, embed=4, hidden1=4, hidden2=4, kernel=3, source_n=16, image_n=48)
+    model = RIM(cfg)
+    opt = torch.optim.Adam(model.parameters())
+    ck = tmp_path / "tiny.pt"
+    save_checkpoint(ck, model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0), 1, TrainConfig(model=cfg))
+    image, sigma = sim
+    wide = np.pad(image, ((0, 0), (0, 1)))  # 48 x 49: the image's centre is half a pixel right of the cut-out's
+    wide[:, -1] = np.random.default_rng(5).normal(0.0, sigma, N)
+    out = tmp_path / "r"
+    argv = _files(tmp_path, wide, np.full(wide.shape, sigma)) + ["--method", "rim+wd", "--checkpoint", str(ck),
+                                                                 "--source-fov", "1.4", "--out", str(out)]
+    assert rec.main(argv) == 0
+    r = _load(out)
+    assert r["method"] == "rim+wd" and r["lens_std"] is not None
+    assert abs(r["lens"]["theta_E"] / TRUE["theta_E"] - 1) < 0.02, r["lens"]
+    # the true centre is (0.03, -0.02) from the cut-out's centre, i.e. x - SCALE/2 from the image's
+    assert abs(r["lens"]["center_x"] - (TRUE["center_x"] - SCALE / 2)) < 0.015, r["lens"]
+    assert 0.5 < r["chi2_per_pixel"] < 1.5 and math.isfinite(r["log_evidence"])
+    assert fits.getheader(out / "source.fits")["METHOD"] == "rim+wd"
