@@ -13,6 +13,10 @@ expansion); rim and rim+wd then run the RIM with the fitted lens. Noise values t
 non-finite or >= 1e6 times the median, non-finite data, and non-zero pixels of --mask are
 masked: never fitted (also with --lens).
 
+Survey batches: --images LIST names folders holding image.fits, noise_map.fits (and psf.fits);
+--shard i/k reconstructs those at list positions j % k == i into OUT/<folder name>, skipping
+the ones already done (without --overwrite) and going on past a lens that fails (exit status 1).
+
 The image's pixel scale comes from its FITS header (celestial WCS, or a PIXSCALE keyword in
 arcsec) or --pixel-scale. The lens is centred at (center_x, center_y) arcsec from the centre
 of the image. For the RIM the image (and noise map, PSF) are resampled onto the model's grid
@@ -197,6 +201,46 @@ def check_rim_coverage(shape: tuple[int, int], scale: float, grid: lensinv.Image
                          "--method warren-dye")
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+    """argparse type: ``i/k``, integers with ``0 <= i < k``."""
+    try:
+        i, k = (int(p) for p in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be i/k (integers, 0 <= i < k), got {text!r}") from None
+    if not 0 <= i < k:
+        raise argparse.ArgumentTypeError(f"must be i/k with 0 <= i < k, got {text!r}")
+    return i, k
+
+
+def read_image_list(path: Path) -> list[Path]:
+    """The folders of an ``--images`` list (one a line, ``#`` comments, relative to the list's folder).
+
+    Raises
+    ------
+    ValueError
+        A missing or empty list, a folder that does not exist or lacks image.fits or noise_map.fits,
+        or two folders of one name (their results would share ``OUT/<name>``).
+    """
+    if not path.is_file():
+        raise ValueError(f"{path} is not a file")
+    folders, names = [], set()
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        f = Path(line) if Path(line).is_absolute() else path.parent / line
+        for need in ("image.fits", "noise_map.fits"):
+            if not (f / need).is_file():
+                raise ValueError(f"{f} has no {need}")
+        if f.name in names:
+            raise ValueError(f"two folders named {f.name!r}: their results would share one folder")
+        names.add(f.name)
+        folders.append(f)
+    if not folders:
+        raise ValueError(f"{path} lists no folder")
+    return folders
+
+
 def read_mask(spec: Path, shape: tuple[int, int]) -> np.ndarray:
     """The ``--mask`` file as pixels to use (True): non-zero (or non-finite) values mark masked pixels.
 
@@ -252,10 +296,16 @@ class _Progress:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--image", type=Path, required=True, help="observed image (FITS; file.fits[EXT] allowed)")
+    ap.add_argument("--image", type=Path, default=None, help="observed image (FITS; file.fits[EXT] allowed)")
+    ap.add_argument("--images", type=Path, default=None,
+                    help="instead of --image: a text file listing folders (one a line; # comments; relative to "
+                         "the file), each holding image.fits, noise_map.fits and optionally psf.fits; results go "
+                         "to OUT/<folder name>, and lenses with a result there are skipped without --overwrite")
+    ap.add_argument("--shard", type=parse_shard, default=None,
+                    help="i/k with 0 <= i < k: with --images, only the lenses at list positions j with j %% k == i")
     ap.add_argument("--lens", default=None,
                     help='e.g. "theta_E=1.1,q=0.8,phi=0.4,gamma=0.03,gamma_phi=1.2"; default: fit the lens')
-    noise = ap.add_mutually_exclusive_group(required=True)
+    noise = ap.add_mutually_exclusive_group()
     noise.add_argument("--noise", type=Path, help="noise (sigma) map, FITS, same pixels as the image; non-finite "
                                                   "values or >= 1e6 x the median mark masked pixels")
     noise.add_argument("--sigma", type=positive_float, help="uniform noise sigma (image units)")
@@ -281,12 +331,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True, help="result folder (created)")
     ap.add_argument("--overwrite", action="store_true", help="replace an earlier result in --out")
     args = ap.parse_args(argv)
+    if (args.image is None) == (args.images is None):
+        ap.error("one of the arguments --image --images is required (not both)")
+    if args.images is None and args.noise is None and args.sigma is None:
+        ap.error("one of the arguments --noise --sigma is required")
+    if args.images is not None and (args.noise is not None or args.psf is not None or args.sigma is not None):
+        ap.error("argument --images: each folder has its noise_map.fits and psf.fits; omit --noise, --sigma "
+                 "and --psf")
+    if args.shard is not None and args.images is None:
+        ap.error("argument --shard: needs --images")
     if args.out.exists() and not args.out.is_dir():
         ap.error(f"argument --out: {args.out} exists and is not a folder")
-    earlier = [name for name in RESULT_FILES if (args.out / name).exists()]
-    if earlier and not args.overwrite:
-        ap.error(f"argument --out: {args.out} already holds a result ({', '.join(earlier)}); "
-                 "pass --overwrite to replace it")
+    folders = []
+    if args.images is not None:
+        try:
+            folders = read_image_list(args.images)
+        except ValueError as exc:
+            ap.error(f"argument --images: {exc}")
+    else:
+        earlier = [name for name in RESULT_FILES if (args.out / name).exists()]
+        if earlier and not args.overwrite:
+            ap.error(f"argument --out: {args.out} already holds a result ({', '.join(earlier)}); "
+                     "pass --overwrite to replace it")
     if args.lens_light and args.method == "rim":
         ap.error("argument --lens-light: needs a Warren-Dye inversion; use --method warren-dye or rim+wd")
     if args.lens is not None and args.profile is not None:
@@ -300,11 +366,47 @@ def main(argv: list[str] | None = None) -> int:
         args.lens_model = None
     if args.profile is None:
         args.profile = "SIE"
+    if args.images is not None:
+        return run_batch(args, folders)
     try:
         return run(args)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def run_batch(args: argparse.Namespace, folders: list[Path]) -> int:
+    """Reconstruct the lenses of ``--images`` in this ``--shard``, one after another.
+
+    A lens whose ``OUT/<folder name>`` holds a result is skipped without ``--overwrite``; a lens
+    that fails (bad files, no lensed light) is reported and the batch goes on.
+
+    Returns
+    -------
+    int
+        0 if every lens of the shard succeeded or was skipped, else 1.
+    """
+    i, k = args.shard if args.shard is not None else (0, 1)
+    mine = [f for j, f in enumerate(folders) if j % k == i]
+    failed = []
+    for n, folder in enumerate(mine, 1):
+        out = args.out / folder.name
+        label = f"[{n}/{len(mine)}] {folder.name}"
+        if not args.overwrite and any((out / name).exists() for name in RESULT_FILES):
+            print(f"{label}: {out} already holds a result; skipped (--overwrite replaces it)", file=sys.stderr)
+            continue
+        one = argparse.Namespace(**vars(args))
+        one.image, one.noise, one.out = folder / "image.fits", folder / "noise_map.fits", out
+        one.psf = folder / "psf.fits" if (folder / "psf.fits").exists() and not args.psf_fwhm else None
+        print(f"{label}", file=sys.stderr)
+        try:
+            run(one)
+        except Exception as exc:  # noqa: BLE001 - one lens's failure must not end a survey batch
+            print(f"{label}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+            failed.append(folder.name)
+    if failed:
+        print(f"{len(failed)} of {len(mine)} lenses failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _light_basis(grid: lensinv.ImageGrid, lens: lensinv.Lens, kernel, image: np.ndarray, use: np.ndarray):

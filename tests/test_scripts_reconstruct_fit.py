@@ -242,3 +242,34 @@ def test_fit_then_rim_plus_wd_with_the_fitted_lens(rec, sim, tmp_path):
     assert abs(r["lens"]["center_x"] - (TRUE["center_x"] - SCALE / 2)) < 0.015, r["lens"]
     assert 0.5 < r["chi2_per_pixel"] < 1.5 and math.isfinite(r["log_evidence"])
     assert fits.getheader(out / "source.fits")["METHOD"] == "rim+wd"
+
+
+def test_images_list_with_shards(rec, sim, tmp_path, capsys):
+    image, sigma = sim
+    names = ["a", "b", "c"]
+    for name in names:
+        _files(tmp_path / "lenses" / name, image, np.full(image.shape, sigma))
+        (tmp_path / "lenses" / name / "noise.fits").rename(tmp_path / "lenses" / name / "noise_map.fits")
+    lst = tmp_path / "lenses" / "list.txt"
+    lst.write_text("# survey\n" + "\n".join(names) + "\n\n")
+    out = tmp_path / "out"
+    base = ["--images", str(lst), "--lens", LENS, "--method", "warren-dye", "--source-n", "16", "--out", str(out)]
+    assert rec.main(base + ["--shard", "1/3"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["b"] and _load(out / "b")["n_pixels"] > 0
+    before = (out / "b" / "fit.json").read_bytes()
+    assert rec.main(base + ["--shard", "0/2"]) == 0  # a and c
+    assert rec.main(base) == 0  # all done: b, a, c skipped
+    assert "skipped" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == names and (out / "b" / "fit.json").read_bytes() == before
+    for bad in ("3/3", "-1/2", "1", "a/b"):
+        _refused(rec, base + ["--shard", bad], capsys, "--shard")
+    _refused(rec, ["--image", str(tmp_path / "lenses" / "a" / "image.fits"), "--sigma", "1", "--shard", "0/2",
+                   "--out", str(out)], capsys, "--shard", "--images")
+    # a failing lens is reported and the batch goes on; the exit status says so
+    (tmp_path / "lenses" / "c" / "image.fits").write_text("not FITS")
+    assert rec.main(base + ["--overwrite"]) == 1
+    err = capsys.readouterr().err
+    assert "c: error" in err and "1 of 3 lenses failed: c" in err
+    lst.write_text("a\nmissing\n")
+    _refused(rec, base, capsys, "--images", "missing")
+    _refused(rec, base + ["--sigma", "1"], capsys, "--images")
