@@ -62,7 +62,7 @@ RIM_MIN_COVERAGE = 0.5
 RIM_MIN_PIXELS = 16
 #: settings of the lens fit (None: ``baselines.FitConfig()``; --source-n sets its ``source_n``); tests
 #: replace it with a quicker configuration
-FIT_CONFIG = None
+FIT_CONFIG: "baselines.FitConfig | None" = None
 
 
 def positive_float(text: str) -> float:
