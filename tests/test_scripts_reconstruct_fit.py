@@ -276,3 +276,16 @@ def test_images_list_with_shards(rec, sim, tmp_path, capsys):
     lst.write_text("a\nmissing\n")
     _refused(rec, base, capsys, "--images", "missing")
     _refused(rec, base + ["--sigma", "1"], capsys, "--images")
+
+
+def test_epl_profile_reports_its_slope(rec, sim, tmp_path, monkeypatch):
+    monkeypatch.setattr(rec, "FIT_CONFIG", dataclasses.replace(QUICK, uncertainties=False))
+    image, sigma = sim
+    out = tmp_path / "r"
+    assert rec.main(_files(tmp_path, image, np.full(image.shape, sigma)) + ["--profile", "EPL", "--method",
+                                                                          "warren-dye", "--out", str(out)]) == 0
+    r = _load(out)
+    assert set(r["lens"]) == LENS_KEYS | {"slope"}
+    assert abs(r["lens"]["slope"] - 2.0) < 0.2 and abs(r["lens"]["theta_E"] / TRUE["theta_E"] - 1) < 0.03, r["lens"]
+    h = fits.getheader(out / "source.fits")
+    assert h["PROFILE"] == "EPL" and math.isclose(h["SLOPE"], r["lens"]["slope"])
