@@ -289,3 +289,25 @@ def test_epl_profile_reports_its_slope(rec, sim, tmp_path, monkeypatch):
     assert abs(r["lens"]["slope"] - 2.0) < 0.2 and abs(r["lens"]["theta_E"] / TRUE["theta_E"] - 1) < 0.03, r["lens"]
     h = fits.getheader(out / "source.fits")
     assert h["PROFILE"] == "EPL" and math.isclose(h["SLOPE"], r["lens"]["slope"])
+
+
+def test_crop_keeps_the_centre(rec):
+    a = np.arange(11 * 12).reshape(11, 12)
+    c = rec.crop_centred(a, 0.4, 0.05)  # 8 pixels: 9 of the odd axis, 8 of the even one
+    assert c.shape == (9, 8) and c[4, 3] == a[5, 5] and c[4, 4] == a[5, 6]
+    assert rec.crop_centred(a, 10.0, 0.05).shape == a.shape
+    with pytest.raises(ValueError, match="--crop"):
+        rec.crop_centred(a, 0.1, 0.05)
+
+
+def test_crop_flag_fits_the_central_part(rec, sim, tmp_path, monkeypatch):
+    monkeypatch.setattr(rec, "FIT_CONFIG", dataclasses.replace(QUICK, uncertainties=False))
+    image, sigma = sim
+    big = np.pad(image, 16) + np.pad(np.zeros_like(image), 16, constant_values=1) * np.random.default_rng(9).normal(
+        0.0, sigma, (N + 32, N + 32))
+    out = tmp_path / "r"
+    assert rec.main(_files(tmp_path, big, np.full(big.shape, sigma)) + ["--crop", str(N * SCALE), "--method",
+                                                                      "warren-dye", "--out", str(out)]) == 0
+    r = _load(out)
+    assert r["n_pixels"] == N * N and abs(r["lens"]["theta_E"] / TRUE["theta_E"] - 1) < 0.02
+    assert math.hypot(r["lens"]["center_x"] - TRUE["center_x"], r["lens"]["center_y"] - TRUE["center_y"]) < 0.03
