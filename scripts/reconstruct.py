@@ -87,6 +87,17 @@ def int_at_least_2(text: str) -> int:
     return v
 
 
+def odd_int_at_least_3(text: str) -> int:
+    """argparse type: an odd integer >= 3."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if v < 3 or v % 2 == 0:
+        raise argparse.ArgumentTypeError(f"must be an odd integer >= 3, got {v}")
+    return v
+
+
 def parse_lens(text: str) -> lensinv.Lens:
     """``"theta_E=...,q=...,phi=...,gamma=...,gamma_phi=...,center_x=...,center_y=..."`` (arcsec, radians)."""
     values = {"q": 1.0, "phi": 0.0, "gamma": 0.0, "gamma_phi": 0.0, "center_x": 0.0, "center_y": 0.0}
@@ -334,6 +345,10 @@ def main(argv: list[str] | None = None) -> int:
     psf.add_argument("--psf", type=Path, help="PSF kernel (FITS) at the image's pixel scale")
     psf.add_argument("--psf-fwhm", type=positive_float, help="Gaussian PSF FWHM in arcsec (> 0)")
     ap.add_argument("--mask", type=Path, default=None, help="FITS of the image's shape: non-zero = masked")
+    ap.add_argument("--psf-size", type=odd_int_at_least_3, default=None,
+                    help="use the central N x N of the --psf kernel, renormalised (odd N >= 3): the cost of an "
+                         "evaluation grows with the kernel's area (a 61x61 HST PSF: ~30 s per evaluation on "
+                         "100x100 pixels), the wings lost are its flux outside N x N")
     ap.add_argument("--crop", type=positive_float, default=None,
                     help="work on the central ARCSEC x ARCSEC of the image (about the image's centre; a fit's "
                          "cost grows with the pixels: a ring of radius R needs about 2.5 R + the PSF)")
@@ -362,6 +377,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.images is not None and (args.noise is not None or args.psf is not None or args.sigma is not None):
         ap.error("argument --images: each folder has its noise_map.fits and psf.fits; omit --noise, --sigma "
                  "and --psf")
+    if args.psf_size is not None and args.psf is None and args.images is None:
+        ap.error("argument --psf-size: needs a --psf kernel (or --images folders with psf.fits)")
     if args.shard is not None and args.images is None:
         ap.error("argument --shard: needs --images")
     if args.out.exists() and not args.out.is_dir():
@@ -481,6 +498,9 @@ def run(args) -> int:
     kernel = None
     if args.psf is not None:
         kernel = lensinv.validate_kernel(read_fits_image(args.psf, name="--psf").data)
+        if args.psf_size is not None and args.psf_size < kernel.shape[0]:
+            h, c = args.psf_size // 2, kernel.shape[0] // 2
+            kernel = lensinv.validate_kernel(kernel[c - h:c + h + 1, c - h:c + h + 1])
 
     fit = None
     light_img = None

@@ -311,3 +311,16 @@ def test_crop_flag_fits_the_central_part(rec, sim, tmp_path, monkeypatch):
     r = _load(out)
     assert r["n_pixels"] == N * N and abs(r["lens"]["theta_E"] / TRUE["theta_E"] - 1) < 0.02
     assert math.hypot(r["lens"]["center_x"] - TRUE["center_x"], r["lens"]["center_y"] - TRUE["center_y"]) < 0.03
+
+
+def test_psf_size_flag(rec, sim, tmp_path, capsys):
+    image, sigma = sim
+    base = _files(tmp_path, image, np.full(image.shape, sigma)) + ["--lens", LENS, "--method", "warren-dye",
+                                                                   "--source-n", "16"]
+    for bad in ("4", "1", "x"):
+        _refused(rec, base + ["--psf-size", bad, "--out", str(tmp_path / "r")], capsys, "--psf-size")
+    no_psf = base[:base.index("--psf")] + base[base.index("--psf") + 2:]
+    _refused(rec, no_psf + ["--psf-size", "5", "--out", str(tmp_path / "r")], capsys, "--psf-size", "--psf")
+    assert PSF.shape[0] > 3
+    assert rec.main(base + ["--psf-size", "3", "--out", str(tmp_path / "r")]) == 0
+    assert 0.5 < _load(tmp_path / "r")["chi2_per_pixel"] < 2.0
