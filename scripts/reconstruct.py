@@ -51,7 +51,7 @@ from scipy import ndimage  # noqa: E402
 
 import lensinv  # noqa: E402
 from baselines import FORMS  # noqa: E402
-from baselines.lens_fit import PROFILES  # noqa: E402
+from baselines.lens_fit import PROFILES, FitConfig  # noqa: E402
 from lensinv.io import atomic_write, read_fits_image, write_text_atomic  # noqa: E402
 
 LENS_KEYS = ("theta_E", "q", "phi", "gamma", "gamma_phi", "center_x", "center_y")
@@ -62,7 +62,7 @@ RIM_MIN_COVERAGE = 0.5
 RIM_MIN_PIXELS = 16
 #: settings of the lens fit (None: ``baselines.FitConfig()``; --source-n sets its ``source_n``); tests
 #: replace it with a quicker configuration
-FIT_CONFIG: "baselines.FitConfig | None" = None
+FIT_CONFIG: FitConfig | None = None
 
 
 def positive_float(text: str) -> float:
@@ -508,7 +508,7 @@ def run(args) -> int:
         sq_img, sq_sig, sq_use = centred_square(image), centred_square(sigma), centred_square(use)
         sq_grid = lensinv.ImageGrid(sq_img.shape[0], scale)
         fit_kernel = kernel if not args.psf_fwhm else lensinv.gaussian_psf(args.psf_fwhm, scale)
-        cfg = FIT_CONFIG if FIT_CONFIG is not None else baselines.FitConfig()
+        cfg = FIT_CONFIG if FIT_CONFIG is not None else FitConfig()
         if args.source_n is not None and args.method == "warren-dye":
             cfg = dataclasses.replace(cfg, source_n=args.source_n)
         src_grid = None
