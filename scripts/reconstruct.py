@@ -1,25 +1,43 @@
 #!/usr/bin/env python
-"""Reconstruct the source of an observed lens (FITS) with the RIM or a Warren-Dye inversion.
+"""Reconstruct the source of an observed lens (FITS) with the RIM or a Warren-Dye inversion, fitting the lens.
 
+    python scripts/reconstruct.py --image image.fits --noise noise_map.fits --psf psf.fits \\
+        --method warren-dye --out results/obs1                      # fits the lens (SIE + shear)
     python scripts/reconstruct.py --image obs.fits --lens "theta_E=1.1,q=0.8,phi=0.4,gamma=0.03,gamma_phi=1.2" \\
         --sigma 0.02 --psf-fwhm 0.08 --method warren-dye --out results/obs1
+
+Without --lens the lens is fitted (``baselines.fit_lens``: evidence maximisation from no guess, a
+progress bar on stderr) on the largest centred square cut-out at the native scale, with --profile
+SIE|EPL and, with --lens-light, the lens galaxy's light modelled jointly (a multi-Gaussian
+expansion); rim and rim+wd then run the RIM with the fitted lens. Noise values that are
+non-finite or >= 1e6 times the median, non-finite data, and non-zero pixels of --mask are
+masked: never fitted (also with --lens).
+
+Survey batches: --images LIST names folders holding image.fits, noise_map.fits (and psf.fits);
+--shard i/k reconstructs those at list positions j % k == i into OUT/<folder name>, skipping
+the ones already done (without --overwrite) and going on past a lens that fails (exit status 1).
 
 The image's pixel scale comes from its FITS header (celestial WCS, or a PIXSCALE keyword in
 arcsec) or --pixel-scale. The lens is centred at (center_x, center_y) arcsec from the centre
 of the image. For the RIM the image (and noise map, PSF) are resampled onto the model's grid
 (192 x 0.04 arcsec) when they differ; Warren-Dye works on the largest centred square cut-out at
-the native scale. Writes OUT/source.fits (header: method, grid, lens) and OUT/reconstruction.png.
-It never overwrites an earlier result (a folder holding source.fits or fit.json) without
---overwrite; that is checked, like every flag, before any work.
+the native scale. Writes OUT/fit.json (DESIGN.md: "lens", "lens_std" (null for a given lens),
+"chi2_per_pixel" and "n_pixels" over the fitted pixels, "log_evidence" (null for the RIM alone),
+"method"), OUT/source.fits (header: method, grid, lens), OUT/fit.png (data, model, normalised
+residuals, source, lens light) and OUT/reconstruction.png. It never overwrites an earlier result
+(a folder holding source.fits, fit.json or a figure) without --overwrite; that is checked, like
+every flag, before any work.
 
 For the RIM, --source-n (and the image) must fit the model: its source grid is fixed by its
 weights, and an image covering less than half of the model's field in either direction, or with
 fewer than 16 pixels on a side, is refused rather than zero-padded into an invented observation.
+The RIM sees masked pixels as zeros (it has no mask); rim+wd's inversion leaves them out.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 from pathlib import Path
@@ -33,14 +51,18 @@ from scipy import ndimage  # noqa: E402
 
 import lensinv  # noqa: E402
 from baselines import FORMS  # noqa: E402
-from lensinv.io import atomic_write, read_fits_image  # noqa: E402
+from baselines.lens_fit import PROFILES, FitConfig  # noqa: E402
+from lensinv.io import atomic_write, read_fits_image, write_text_atomic  # noqa: E402
 
 LENS_KEYS = ("theta_E", "q", "phi", "gamma", "gamma_phi", "center_x", "center_y")
 #: the files of a result: an --out folder holding one of them is not overwritten without --overwrite
-RESULT_FILES = ("source.fits", "fit.json", "reconstruction.png")
+RESULT_FILES = ("source.fits", "fit.json", "fit.png", "reconstruction.png")
 #: the RIM refuses images covering less than this fraction of its field per side, or with fewer pixels
 RIM_MIN_COVERAGE = 0.5
 RIM_MIN_PIXELS = 16
+#: settings of the lens fit (None: ``baselines.FitConfig()``; --source-n sets its ``source_n``); tests
+#: replace it with a quicker configuration
+FIT_CONFIG: FitConfig | None = None
 
 
 def positive_float(text: str) -> float:
@@ -62,6 +84,17 @@ def int_at_least_2(text: str) -> int:
         raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
     if v < 2:
         raise argparse.ArgumentTypeError(f"must be an integer >= 2, got {v}")
+    return v
+
+
+def odd_int_at_least_3(text: str) -> int:
+    """argparse type: an odd integer >= 3."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if v < 3 or v % 2 == 0:
+        raise argparse.ArgumentTypeError(f"must be an odd integer >= 3, got {v}")
     return v
 
 
@@ -124,6 +157,46 @@ def centred_square(a: np.ndarray) -> np.ndarray:
     return a[i0:i0 + n, j0:j0 + n]
 
 
+def crop_centred(a: np.ndarray, side: float, scale: float) -> np.ndarray:
+    """The central ``side`` arcsec of ``a`` (per axis the nearest pixel count of the axis's parity, so
+    that the image's centre stays the centre; at most the whole axis).
+
+    Raises
+    ------
+    ValueError
+        Fewer than 8 pixels would remain on a side.
+    """
+    out = a
+    for axis, size in enumerate(a.shape):
+        m = int(round(side / scale))
+        m = min(size, m + ((size - m) % 2))
+        if m < 8:
+            raise ValueError(f"--crop {side:g} arcsec leaves {m} pixels of {scale:g} arcsec on a side; "
+                             "at least 8 are needed")
+        r = (size - m) // 2
+        out = np.take(out, np.arange(r, r + m), axis=axis)
+    return out
+
+
+def cutout_offset(shape: tuple[int, int], scale: float) -> tuple[float, float]:
+    """Where the centre of :func:`centred_square`'s cut-out lies from the image's centre, ``(dx, dy)`` arcsec.
+
+    Zero unless the sides differ by an odd number of pixels (then half a pixel).
+    """
+    n = min(shape)
+    i0, j0 = (shape[0] - n) // 2, (shape[1] - n) // 2
+    return (j0 + (n - 1) / 2 - (shape[1] - 1) / 2) * scale, (i0 + (n - 1) / 2 - (shape[0] - 1) / 2) * scale
+
+
+def shift_lens(lens: lensinv.Lens, dx: float, dy: float) -> lensinv.Lens:
+    """The lens with its main profile's centre moved by ``(dx, dy)`` arcsec (a change of origin)."""
+    if dx == 0 and dy == 0:
+        return lens
+    main_, *rest = lens.components
+    moved = dataclasses.replace(main_, center=(float(main_.center[0]) + dx, float(main_.center[1]) + dy))
+    return lensinv.Lens(moved, *rest)
+
+
 def resample(a: np.ndarray, scale_in: float, grid: lensinv.ImageGrid) -> np.ndarray:
     """Bilinear resampling of surface brightness onto ``grid`` (centres aligned, zero outside)."""
     x, y = grid.coordinates()
@@ -160,16 +233,129 @@ def check_rim_coverage(shape: tuple[int, int], scale: float, grid: lensinv.Image
                          "--method warren-dye")
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+    """argparse type: ``i/k``, integers with ``0 <= i < k``."""
+    try:
+        i, k = (int(p) for p in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be i/k (integers, 0 <= i < k), got {text!r}") from None
+    if not 0 <= i < k:
+        raise argparse.ArgumentTypeError(f"must be i/k with 0 <= i < k, got {text!r}")
+    return i, k
+
+
+def read_image_list(path: Path) -> list[Path]:
+    """The folders of an ``--images`` list (one a line, ``#`` comments, relative to the list's folder).
+
+    Raises
+    ------
+    ValueError
+        A missing or empty list, a folder that does not exist or lacks image.fits or noise_map.fits,
+        or two folders of one name (their results would share ``OUT/<name>``).
+    """
+    if not path.is_file():
+        raise ValueError(f"{path} is not a file")
+    folders, names = [], set()
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        f = Path(line) if Path(line).is_absolute() else path.parent / line
+        for need in ("image.fits", "noise_map.fits"):
+            if not (f / need).is_file():
+                raise ValueError(f"{f} has no {need}")
+        if f.name in names:
+            raise ValueError(f"two folders named {f.name!r}: their results would share one folder")
+        names.add(f.name)
+        folders.append(f)
+    if not folders:
+        raise ValueError(f"{path} lists no folder")
+    return folders
+
+
+def read_mask(spec: Path, shape: tuple[int, int]) -> np.ndarray:
+    """The ``--mask`` file as pixels to use (True): non-zero (or non-finite) values mark masked pixels.
+
+    Parameters
+    ----------
+    spec : Path
+        FITS file (``file.fits[EXT]`` allowed) of the image's shape.
+    shape : tuple of int
+        The image's shape.
+
+    Returns
+    -------
+    ndarray of bool
+    """
+    m = read_fits_image(spec, name="--mask").data
+    if m.shape != shape:
+        raise ValueError(f"--mask shape {m.shape} differs from the image's {shape}")
+    return ~((m != 0) | ~np.isfinite(m))
+
+
+def lens_params(lens: lensinv.Lens) -> dict[str, float]:
+    """The ``fit.json`` keys of a lens given with ``--lens`` (an SIE plus external shear)."""
+    main_, shear = lens.components[0], lens.components[1]
+    return {"theta_E": float(main_.theta_E), "q": float(main_.q), "phi": float(main_.phi),
+            "center_x": float(main_.center[0]), "center_y": float(main_.center[1]),
+            "gamma": float(shear.gamma), "gamma_phi": float(shear.phi)}
+
+
+def _finite_or_none(v: float) -> float | None:
+    return float(v) if v is not None and math.isfinite(v) else None
+
+
+class _Progress:
+    """A tqdm bar over the fit's evidence evaluations (stage and best log evidence as postfix)."""
+
+    def __init__(self) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(desc="fitting the lens", unit="eval", file=sys.stderr, mininterval=0.5)
+        self.stage = ""
+
+    def __call__(self, p) -> None:
+        if p.stage != self.stage:
+            self.stage = p.stage
+            self.bar.set_description(f"fit: {p.stage}")
+        self.bar.update(1)
+        if self.bar.n % 10 == 0:
+            self.bar.set_postfix(best_logZ=f"{p.best_log_evidence:.1f}", refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--image", type=Path, required=True, help="observed image (FITS)")
-    ap.add_argument("--lens", required=True, help='e.g. "theta_E=1.1,q=0.8,phi=0.4,gamma=0.03,gamma_phi=1.2"')
-    noise = ap.add_mutually_exclusive_group(required=True)
-    noise.add_argument("--noise", type=Path, help="noise (sigma) map, FITS, same pixels as the image")
+    ap.add_argument("--image", type=Path, default=None, help="observed image (FITS; file.fits[EXT] allowed)")
+    ap.add_argument("--images", type=Path, default=None,
+                    help="instead of --image: a text file listing folders (one a line; # comments; relative to "
+                         "the file), each holding image.fits, noise_map.fits and optionally psf.fits; results go "
+                         "to OUT/<folder name>, and lenses with a result there are skipped without --overwrite")
+    ap.add_argument("--shard", type=parse_shard, default=None,
+                    help="i/k with 0 <= i < k: with --images, only the lenses at list positions j with j %% k == i")
+    ap.add_argument("--lens", default=None,
+                    help='e.g. "theta_E=1.1,q=0.8,phi=0.4,gamma=0.03,gamma_phi=1.2"; default: fit the lens')
+    noise = ap.add_mutually_exclusive_group()
+    noise.add_argument("--noise", type=Path, help="noise (sigma) map, FITS, same pixels as the image; non-finite "
+                                                  "values or >= 1e6 x the median mark masked pixels")
     noise.add_argument("--sigma", type=positive_float, help="uniform noise sigma (image units)")
     psf = ap.add_mutually_exclusive_group()
     psf.add_argument("--psf", type=Path, help="PSF kernel (FITS) at the image's pixel scale")
     psf.add_argument("--psf-fwhm", type=positive_float, help="Gaussian PSF FWHM in arcsec (> 0)")
+    ap.add_argument("--mask", type=Path, default=None, help="FITS of the image's shape: non-zero = masked")
+    ap.add_argument("--psf-size", type=odd_int_at_least_3, default=None,
+                    help="use the central N x N of the --psf kernel, renormalised (odd N >= 3): the cost of an "
+                         "evaluation grows with the kernel's area (a 61x61 HST PSF: ~30 s per evaluation on "
+                         "100x100 pixels), the wings lost are its flux outside N x N")
+    ap.add_argument("--crop", type=positive_float, default=None,
+                    help="work on the central ARCSEC x ARCSEC of the image (about the image's centre; a fit's "
+                         "cost grows with the pixels: a ring of radius R needs about 2.5 R + the PSF)")
+    ap.add_argument("--profile", choices=PROFILES, default=None,
+                    help="mass profile of the lens fit (default SIE; needs no --lens)")
+    ap.add_argument("--lens-light", action="store_true",
+                    help="model the lens galaxy's light jointly (multi-Gaussian expansion, linear amplitudes)")
     ap.add_argument("--method", choices=["rim", "warren-dye", "rim+wd"], default="rim",
                     help="rim+wd: the RIM estimate as the prior mean of an evidence-optimised Warren-Dye inversion "
                          "(gradient or curvature, whichever has the higher evidence)")
@@ -178,17 +364,51 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pixel-scale", type=positive_float, default=None,
                     help="arcsec/pixel (> 0); default: from the FITS header")
     ap.add_argument("--source-n", type=int_at_least_2, default=None,
-                    help="source pixels per side (default 64; for the RIM, the model's)")
-    ap.add_argument("--source-fov", type=positive_float, default=1.5, help="arcsec")
+                    help="source pixels per side (default 64, or the fit's; for the RIM, the model's)")
+    ap.add_argument("--source-fov", type=positive_float, default=None,
+                    help="arcsec (default 1.5, or for warren-dye without --lens, the fit's)")
     ap.add_argument("--out", type=Path, required=True, help="result folder (created)")
     ap.add_argument("--overwrite", action="store_true", help="replace an earlier result in --out")
     args = ap.parse_args(argv)
+    if (args.image is None) == (args.images is None):
+        ap.error("one of the arguments --image --images is required (not both)")
+    if args.images is None and args.noise is None and args.sigma is None:
+        ap.error("one of the arguments --noise --sigma is required")
+    if args.images is not None and (args.noise is not None or args.psf is not None or args.sigma is not None):
+        ap.error("argument --images: each folder has its noise_map.fits and psf.fits; omit --noise, --sigma "
+                 "and --psf")
+    if args.psf_size is not None and args.psf is None and args.images is None:
+        ap.error("argument --psf-size: needs a --psf kernel (or --images folders with psf.fits)")
+    if args.shard is not None and args.images is None:
+        ap.error("argument --shard: needs --images")
     if args.out.exists() and not args.out.is_dir():
         ap.error(f"argument --out: {args.out} exists and is not a folder")
-    earlier = [name for name in RESULT_FILES if (args.out / name).exists()]
-    if earlier and not args.overwrite:
-        ap.error(f"argument --out: {args.out} already holds a result ({', '.join(earlier)}); "
-                 "pass --overwrite to replace it")
+    folders = []
+    if args.images is not None:
+        try:
+            folders = read_image_list(args.images)
+        except ValueError as exc:
+            ap.error(f"argument --images: {exc}")
+    else:
+        earlier = [name for name in RESULT_FILES if (args.out / name).exists()]
+        if earlier and not args.overwrite:
+            ap.error(f"argument --out: {args.out} already holds a result ({', '.join(earlier)}); "
+                     "pass --overwrite to replace it")
+    if args.lens_light and args.method == "rim":
+        ap.error("argument --lens-light: needs a Warren-Dye inversion; use --method warren-dye or rim+wd")
+    if args.lens is not None and args.profile is not None:
+        ap.error("argument --profile: the lens is given (--lens, an SIE), not fitted; omit one of them")
+    if args.lens is not None:
+        try:
+            args.lens_model = parse_lens(args.lens)
+        except ValueError as exc:
+            ap.error(f"argument --lens: {exc}")
+    else:
+        args.lens_model = None
+    if args.profile is None:
+        args.profile = "SIE"
+    if args.images is not None:
+        return run_batch(args, folders)
     try:
         return run(args)
     except ValueError as exc:
@@ -196,14 +416,60 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def run_batch(args: argparse.Namespace, folders: list[Path]) -> int:
+    """Reconstruct the lenses of ``--images`` in this ``--shard``, one after another.
+
+    A lens whose ``OUT/<folder name>`` holds a result is skipped without ``--overwrite``; a lens
+    that fails (bad files, no lensed light) is reported and the batch goes on.
+
+    Returns
+    -------
+    int
+        0 if every lens of the shard succeeded or was skipped, else 1.
+    """
+    i, k = args.shard if args.shard is not None else (0, 1)
+    mine = [f for j, f in enumerate(folders) if j % k == i]
+    failed = []
+    for n, folder in enumerate(mine, 1):
+        out = args.out / folder.name
+        label = f"[{n}/{len(mine)}] {folder.name}"
+        if not args.overwrite and any((out / name).exists() for name in RESULT_FILES):
+            print(f"{label}: {out} already holds a result; skipped (--overwrite replaces it)", file=sys.stderr)
+            continue
+        one = argparse.Namespace(**vars(args))
+        one.image, one.noise, one.out = folder / "image.fits", folder / "noise_map.fits", out
+        one.psf = folder / "psf.fits" if (folder / "psf.fits").exists() and not args.psf_fwhm else None
+        print(f"{label}", file=sys.stderr)
+        try:
+            run(one)
+        except Exception as exc:  # noqa: BLE001 - one lens's failure must not end a survey batch
+            print(f"{label}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+            failed.append(folder.name)
+    if failed:
+        print(f"{len(failed)} of {len(mine)} lenses failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _light_basis(grid: lensinv.ImageGrid, lens: lensinv.Lens, kernel, image: np.ndarray, use: np.ndarray):
+    """MGE lens-light columns about the given lens's centre (the mass's q, phi) and their prior std."""
+    from baselines import MGELight
+
+    c = lens.components[0]
+    B = MGELight().basis(grid, (float(c.center[0]), float(c.center[1])), kernel, float(c.q), float(c.phi))
+    std = 100.0 * float(np.max(np.abs(image[use]))) or 1.0
+    return B, std
+
+
 def run(args) -> int:
+    import json
+
     from astropy.io import fits
 
-    lens = parse_lens(args.lens)
+    import baselines
+
+    lens = args.lens_model
     fi = read_fits_image(args.image, name="--image")
     image, header = fi.data, fi.header
-    if not np.all(np.isfinite(image)):
-        raise ValueError(f"{args.image} contains NaN or inf pixels")
     scale = args.pixel_scale if args.pixel_scale is not None else pixel_scale_from_header(header)
     if scale is None:
         raise ValueError("no pixel scale: the FITS header has no celestial WCS or PIXSCALE; pass --pixel-scale")
@@ -213,9 +479,55 @@ def run(args) -> int:
             raise ValueError(f"noise map shape {sigma.shape} differs from the image's {image.shape}")
     else:
         sigma = np.full(image.shape, args.sigma)
+    # pixels holding data: finite data, finite noise > 0 below 1e6 x the median, not in --mask
+    use = baselines.bad_pixel_mask(sigma, image)
+    n_bad = int((~use).sum())
+    if args.mask is not None:
+        use &= read_mask(args.mask, image.shape)
+    if args.crop is not None:
+        image, sigma, use = (crop_centred(a, args.crop, scale) for a in (image, sigma, use))
+    if not use.any():
+        raise ValueError("no pixel left to fit: every pixel is masked (--mask, non-finite or huge noise, "
+                         "non-finite data)")
+    if n_bad:
+        print(f"{n_bad} pixels masked for non-finite or huge noise or non-finite data", file=sys.stderr)
+    # masked pixels: finite placeholders, never fitted
+    med_sigma = float(np.median(sigma[use]))
+    image = np.where(use, image, 0.0)
+    sigma = np.where(use, sigma, med_sigma)
     kernel = None
     if args.psf is not None:
         kernel = lensinv.validate_kernel(read_fits_image(args.psf, name="--psf").data)
+        if args.psf_size is not None and args.psf_size < kernel.shape[0]:
+            h, c = args.psf_size // 2, kernel.shape[0] // 2
+            kernel = lensinv.validate_kernel(kernel[c - h:c + h + 1, c - h:c + h + 1])
+
+    fit = None
+    light_img = None
+    if lens is None:  # fit the lens on the centred square cut-out at the native scale
+        sq_img, sq_sig, sq_use = centred_square(image), centred_square(sigma), centred_square(use)
+        sq_grid = lensinv.ImageGrid(sq_img.shape[0], scale)
+        fit_kernel = kernel if not args.psf_fwhm else lensinv.gaussian_psf(args.psf_fwhm, scale)
+        cfg = FIT_CONFIG if FIT_CONFIG is not None else FitConfig()
+        if args.source_n is not None and args.method == "warren-dye":
+            cfg = dataclasses.replace(cfg, source_n=args.source_n)
+        src_grid = None
+        if args.method == "warren-dye" and args.source_fov is not None:
+            src_grid = lensinv.SourceGrid(cfg.source_n, args.source_fov)
+        bar = _Progress()
+        try:
+            fit = baselines.fit_lens(sq_img, sq_sig, sq_grid, fit_kernel, mask=sq_use, profile=args.profile,
+                                     lens_light=baselines.MGELight() if args.lens_light else None,
+                                     source_grid=src_grid, regularization=args.regularization, config=cfg,
+                                     progress=bar)
+        finally:
+            bar.close()
+        dx, dy = cutout_offset(image.shape, scale)
+        lens = shift_lens(fit.lens, dx, dy)  # from the image's centre, as --lens is
+        p = dict(fit.params, center_x=fit.params["center_x"] + dx, center_y=fit.params["center_y"] + dy)
+        print(f"lens fit ({args.profile}{' + lens light' if args.lens_light else ''}): theta_E {p['theta_E']:.4f}, "
+              f"q {p['q']:.3f}, centre ({p['center_x']:.3f}, {p['center_y']:.3f}) arcsec; chi2/N "
+              f"{fit.chi2_per_pixel:.3f} over {fit.n_pixels} pixels; {fit.timings['total']:.1f} s", file=sys.stderr)
 
     if args.method in ("rim", "rim+wd"):
         import rim
@@ -225,12 +537,14 @@ def run(args) -> int:
         if args.source_n is not None and args.source_n != model.config.source_n:
             raise ValueError(f"--source-n {args.source_n} does not fit the RIM, whose source grid is "
                              f"{model.config.source_n} pixels per side; omit --source-n or use --method warren-dye")
-        source_grid = lensinv.SourceGrid(model.config.source_n, args.source_fov)
+        source_grid = lensinv.SourceGrid(model.config.source_n, 1.5 if args.source_fov is None else args.source_fov)
         check_rim_coverage(image.shape, scale, grid)
         same = image.shape == grid.shape and math.isclose(scale, grid.pixel_scale, rel_tol=1e-6)
         if not same:  # resample surface brightness (and the noise map, as an approximation) onto the model grid
             image = resample(image, scale, grid)
             sigma = np.maximum(resample(sigma, scale, grid), np.min(sigma[sigma > 0]))
+            # a model pixel is used only where every input pixel it draws on is
+            use = resample(use.astype(np.float64), scale, grid) > 1 - 1e-6
             if kernel is not None:
                 kernel = lensinv.validate_kernel(ndimage.zoom(kernel, scale / grid.pixel_scale, order=1))
                 if kernel.shape[0] % 2 == 0:
@@ -241,27 +555,63 @@ def run(args) -> int:
         sig = float(np.median(sigma)) if np.allclose(sigma, sigma.flat[0]) else sigma
         source = model.reconstruct(op, image, sig)
         extra = {"CKPT": str(args.checkpoint or "shipped")}
+        fitted, log_ev = use, None
+        model_image = op.apply(source)
         if args.method == "rim+wd":
-            import baselines
-
+            fitted = baselines.arc_mask(image, sigma) & use
+            kw = {}
+            if args.lens_light:
+                B, std = _light_basis(grid, lens, kernel, image, fitted)
+                kw = {"basis": B, "basis_std": std}
             res = baselines.invert_by_evidence(op, image, sigma, forms=("gradient", "curvature"), prior_mean=source,
-                                               mask=baselines.arc_mask(image, sigma))
-            source = res.source
+                                               mask=fitted, **kw)
+            source, log_ev = res.source, float(res.log_evidence)
+            model_image = op.apply(source)
+            if args.lens_light:
+                light_img = (kw["basis"] @ res.amplitudes).reshape(grid.shape)
+                model_image = model_image + light_img
             extra.update({"REGUL": res.regularization, "LAMBDA": res.lam, "LOGEV": res.log_evidence,
                           "CHI2N": res.reduced_chi2})
-    else:
-        import baselines
-
-        source_grid = lensinv.SourceGrid(64 if args.source_n is None else args.source_n, args.source_fov)
+    elif fit is not None:
         image, sigma = centred_square(image), centred_square(sigma)
+        grid = lensinv.ImageGrid(image.shape[0], scale)
+        source, source_grid, model_image, light_img = fit.source, fit.source_grid, fit.model, fit.lens_light
+        fitted, log_ev = fit.mask, float(fit.log_evidence)
+        extra = {"REGUL": args.regularization, "LAMBDA": fit.inversion.lam, "LOGEV": fit.log_evidence,
+                 "CHI2N": fit.chi2_per_pixel, "PROFILE": args.profile}
+    else:
+        source_grid = lensinv.SourceGrid(64 if args.source_n is None else args.source_n,
+                                         1.5 if args.source_fov is None else args.source_fov)
+        dx, dy = cutout_offset(image.shape, scale)
+        image, sigma, use = centred_square(image), centred_square(sigma), centred_square(use)
         grid = lensinv.ImageGrid(image.shape[0], scale)
         if args.psf_fwhm:
             kernel = lensinv.gaussian_psf(args.psf_fwhm, scale)
-        op = lensinv.operator(lens, grid, source_grid, psf=kernel)
-        res = baselines.invert(op, image, sigma, regularization=args.regularization,
-                               mask=baselines.arc_mask(image, sigma))
-        source = res.source
+        op = lensinv.operator(shift_lens(lens, -dx, -dy), grid, source_grid, psf=kernel)
+        fitted = baselines.arc_mask(image, sigma) & use
+        kw = {}
+        if args.lens_light:
+            B, std = _light_basis(grid, shift_lens(lens, -dx, -dy), kernel, image, fitted)
+            kw = {"basis": B, "basis_std": std}
+        res = baselines.invert(op, image, sigma, regularization=args.regularization, mask=fitted, **kw)
+        source, log_ev = res.source, float(res.log_evidence)
+        model_image = op.apply(source)
+        if args.lens_light:
+            light_img = (kw["basis"] @ res.amplitudes).reshape(grid.shape)
+            model_image = model_image + light_img
         extra = {"REGUL": args.regularization, "LAMBDA": res.lam, "LOGEV": res.log_evidence, "CHI2N": res.reduced_chi2}
+
+    n_fit = int(fitted.sum())
+    chi2 = float(np.sum(((image - model_image) / sigma)[fitted] ** 2))
+    if fit is not None:
+        params = p
+        params_std = {k: _finite_or_none(v) for k, v in fit.params_std.items()}
+        if not any(v is not None for v in params_std.values()):
+            params_std = None
+    else:
+        params, params_std = lens_params(lens), None
+    result = {"lens": params, "lens_std": params_std, "chi2_per_pixel": chi2 / n_fit if n_fit else None,
+              "n_pixels": n_fit, "log_evidence": _finite_or_none(log_ev), "method": args.method}
 
     args.out.mkdir(parents=True, exist_ok=True)
     hdr = fits.Header()
@@ -270,32 +620,39 @@ def run(args) -> int:
     hdr["SRC_FOV"] = (source_grid.fov, "[arcsec] source grid side")
     hdr["PIXSCALE"] = (source_grid.delta, "[arcsec] source pixel size")
     hdr["IMSCALE"] = (grid.pixel_scale, "[arcsec] image pixel size used")
-    for k, v in zip(("THETA_E", "Q", "PHI", "CEN_X", "CEN_Y"), (lens.components[0].theta_E, lens.components[0].q,
-                                                              lens.components[0].phi, *lens.components[0].center)):
-        hdr[k] = v
-    hdr["GAMMA"], hdr["GAM_PHI"] = lens.components[1].gamma, lens.components[1].phi
+    hdr["FITTED"] = (fit is not None, "lens fitted (else given with --lens)")
+    for k, key in zip(("THETA_E", "Q", "PHI", "CEN_X", "CEN_Y", "GAMMA", "GAM_PHI"),
+                      ("theta_E", "q", "phi", "center_x", "center_y", "gamma", "gamma_phi")):
+        hdr[k] = params[key]
+    if "slope" in params:
+        hdr["SLOPE"] = (params["slope"], "EPL logarithmic slope")
     for k, v in extra.items():
         hdr[k] = v
     hdr["COMMENT"] = "lensinv source reconstruction; pixel (0,0) at (-(n-1)/2, -(n-1)/2)*PIXSCALE arcsec"
     with atomic_write(args.out / "source.fits") as f:
-        fits.PrimaryHDU(source.astype(np.float32), header=hdr).writeto(f)
+        fits.PrimaryHDU(np.asarray(source, dtype=np.float32), header=hdr).writeto(f)
+    write_text_atomic(args.out / "fit.json", json.dumps(result, indent=2) + "\n")
 
-    model_image = op.apply(source)
-    fig, axes = plt.subplots(1, 4, figsize=(15, 3.8))
-    resid = (image - model_image) / sigma
-    for ax, (img, ext, title, kw) in zip(axes, [
-            (image, grid.extent, "observed", {}), (source, source_grid.extent, f"source ({args.method})", {}),
-            (model_image, grid.extent, "model image", {}),
-            (resid, grid.extent, "normalised residual", {"cmap": "RdBu_r", "vmin": -5, "vmax": 5})]):
-        im = ax.imshow(img, origin="lower", extent=ext, **({"cmap": "magma"} | kw))
-        ax.set_title(title)
-        ax.set_xlabel("x [arcsec]")
-        fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    with atomic_write(args.out / "reconstruction.png") as f:
-        fig.savefig(f, format="png", dpi=90)
-    plt.close(fig)
-    print(f"wrote {args.out / 'source.fits'} and reconstruction.png")
+    resid = np.where(fitted, (image - model_image) / sigma, np.nan)
+    panels = [(np.where(use, image, np.nan), grid.extent, "data", {}),
+              (model_image, grid.extent, "model", {}),
+              (resid, grid.extent, "normalised residual (fitted pixels)", {"cmap": "RdBu_r", "vmin": -5, "vmax": 5}),
+              (source, source_grid.extent, f"source ({args.method})", {})]
+    if light_img is not None:
+        panels.append((light_img, grid.extent, "lens light", {}))
+    for name, chosen in (("fit.png", panels), ("reconstruction.png", [panels[0], panels[3], panels[1], panels[2]])):
+        fig, axes = plt.subplots(1, len(chosen), figsize=(3.8 * len(chosen), 3.8))
+        for ax, (img, ext, title, kw) in zip(axes, chosen):
+            im = ax.imshow(img, origin="lower", extent=ext, **({"cmap": "magma"} | kw))
+            ax.set_title(title)
+            ax.set_xlabel("x [arcsec]")
+            fig.colorbar(im, ax=ax, fraction=0.046)
+        fig.tight_layout()
+        with atomic_write(args.out / name) as f:
+            fig.savefig(f, format="png", dpi=90)
+        plt.close(fig)
+    print(f"wrote {args.out / 'source.fits'}, fit.json, fit.png and reconstruction.png "
+          f"(chi2/N {result['chi2_per_pixel']:.3f} over {n_fit} pixels)")
     return 0
 
 
