@@ -52,6 +52,7 @@ from scipy import ndimage  # noqa: E402
 import lensinv  # noqa: E402
 from baselines import FORMS  # noqa: E402
 from baselines.lens_fit import PROFILES, FitConfig  # noqa: E402
+from lensinv.cli import int_at_least, positive_float  # noqa: E402
 from lensinv.io import atomic_write, read_fits_image, write_text_atomic  # noqa: E402
 
 LENS_KEYS = ("theta_E", "q", "phi", "gamma", "gamma_phi", "center_x", "center_y")
@@ -65,35 +66,10 @@ RIM_MIN_PIXELS = 16
 FIT_CONFIG: FitConfig | None = None
 
 
-def positive_float(text: str) -> float:
-    """argparse type: a finite number > 0."""
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-    if not (math.isfinite(v) and v > 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
-    return v
-
-
-def int_at_least_2(text: str) -> int:
-    """argparse type: an integer >= 2."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
-    if v < 2:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 2, got {v}")
-    return v
-
-
 def odd_int_at_least_3(text: str) -> int:
     """argparse type: an odd integer >= 3."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
-    if v < 3 or v % 2 == 0:
+    v = int_at_least(3)(text)
+    if v % 2 == 0:
         raise argparse.ArgumentTypeError(f"must be an odd integer >= 3, got {v}")
     return v
 
@@ -363,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkpoint", default=None, help="RIM weights (default: shipped)")
     ap.add_argument("--pixel-scale", type=positive_float, default=None,
                     help="arcsec/pixel (> 0); default: from the FITS header")
-    ap.add_argument("--source-n", type=int_at_least_2, default=None,
+    ap.add_argument("--source-n", type=int_at_least(2), default=None,
                     help="source pixels per side (default 64, or the fit's; for the RIM, the model's)")
     ap.add_argument("--source-fov", type=positive_float, default=None,
                     help="arcsec (default 1.5, or for warren-dye without --lens, the fit's)")

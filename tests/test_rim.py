@@ -184,7 +184,7 @@ def test_checkpoints_and_load_pretrained(tmp_path, rng):
     with pytest.raises(ValueError, match="grids"):
         loaded.reconstruct(other, np.zeros((30, 30)), 0.1)
     # a checkpoint whose weights do not fit its recorded architecture
-    ck = torch.load(tmp_path / "c.pt", weights_only=False)
+    ck = torch.load(tmp_path / "c.pt", weights_only=True)
     ck["model_config"]["hidden1"] = 9
     torch.save(ck, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="architecture"):
