@@ -58,14 +58,32 @@ def lensing_matrix(lens: Lens, image_grid: ImageGrid, source_grid: SourceGrid,
     if not isinstance(lens, Lens):
         raise ValueError(f"lens must be a lensinv.Lens, got {type(lens).__name__}")
     ss = _supersample(supersample)
-    arrays = _kernels.lensing_csr_kernel(image_grid.n, image_grid.delta, source_grid.n, source_grid.delta, ss,
-                                         *lens.kernel_args)
+    arrays = _lensing_kernel(image_grid.n, image_grid.delta, source_grid.n, source_grid.delta, ss,
+                             *lens.kernel_args)
     L = _csr(arrays, (image_grid.size, source_grid.size))
     if L.nnz == 0:
         raise ValueError(f"no ray from the image grid ({image_grid.n} x {image_grid.pixel_scale:g} arcsec) lands on the "
                          f"source grid ({source_grid.fov:g} arcsec across) through {lens!r}: the operator would map "
                          "nothing; check the lens parameters (arcsec) or enlarge the source grid")
     return L
+
+
+_ENTRY_POINTS: dict = {}
+
+
+def _lensing_kernel(n_img: int, d_img: float, n_src: int, d_src: float, ss: int, fns: tuple, params: np.ndarray):
+    """``_kernels.lensing_csr_kernel`` through its compiled entry point, cached by the number of
+    components: Numba's dispatcher would type the tuple of profile kernels on every call (~0.1 ms)."""
+    key = (len(fns), params.flags.writeable)
+    entry = _ENTRY_POINTS.get(key)
+    args = (int(n_img), float(d_img), int(n_src), float(d_src), int(ss), fns, params)
+    if entry is None:
+        out = _kernels.lensing_csr_kernel(*args)  # compiles (or loads from the cache) for this signature
+        import numba
+
+        _ENTRY_POINTS[key] = _kernels.lensing_csr_kernel.overloads[tuple(numba.typeof(a) for a in args)].entry_point
+        return out
+    return entry(*args)
 
 
 def psf_matrix(kernel: np.ndarray, image_grid: ImageGrid) -> sp.csr_matrix:
