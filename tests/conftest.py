@@ -58,3 +58,17 @@ def random_lens(rng: np.random.Generator, q: float | None = None) -> lensinv.Len
                     phi=rng.uniform(0, 2 * np.pi), center=tuple(rng.normal(0, 0.05, 2))),
         lensinv.ExternalShear(gamma=rng.uniform(0, 0.2), phi=rng.uniform(0, 2 * np.pi)),
     )
+
+
+def refused(main, argv, capsys, *words) -> str:
+    """``main(argv)`` of a script exits 2 (argparse or a ValueError) naming every word on stderr, with no
+    traceback; returns stderr."""
+    try:
+        rc = main(argv)
+    except SystemExit as e:
+        rc = e.code
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    for w in words:
+        assert w in err, err
+    return err

@@ -22,6 +22,8 @@ from scipy.signal import fftconvolve
 import lensinv
 from baselines import FitConfig
 
+from .conftest import refused
+
 ROOT = Path(__file__).resolve().parents[1]
 N, SCALE = 48, 0.05
 IG = lensinv.ImageGrid(N, SCALE)
@@ -78,15 +80,7 @@ def _files(d: Path, image: np.ndarray, noise: np.ndarray) -> list[str]:
 
 
 def _refused(rec, argv, capsys, *words) -> str:
-    try:
-        rc = rec.main(argv)
-    except SystemExit as e:
-        rc = e.code
-    err = capsys.readouterr().err
-    assert rc == 2, err
-    for w in words:
-        assert w in err, err
-    return err
+    return refused(rec.main, argv, capsys, *words)
 
 
 def _load(out: Path) -> dict:
