@@ -249,7 +249,7 @@ class RIM(nn.Module):
             raise ValueError("op maps nothing: its matrix has no non-zero entries (no ray from the image reaches the "
                              "source grid; check the lens model and the grids)")
 
-        scale = _robust_scale(img)
+        scale = float(robust_scale(torch.as_tensor(img)[None])[0])
         if scale == 0:
             log.warning("the image is all zero: returning a zero source")
             return np.zeros((c.source_n, c.source_n))
@@ -285,11 +285,32 @@ class RIM(nn.Module):
     MIN_RELATIVE_SIGMA = 1e-4
 
 
-def _robust_scale(img: np.ndarray) -> float:
-    """Peak of the 3x3 median-filtered ``|img|`` (robust to single hot pixels), or ``max |img|`` if that is 0.
-    Positively homogeneous: ``_robust_scale(c * img) == c * _robust_scale(img)`` for ``c > 0``."""
-    from scipy.ndimage import median_filter
+def robust_scale(images: torch.Tensor) -> torch.Tensor:
+    """Per-image robust scale: the peak of the 3x3 median-filtered ``|image|`` (edges replicated, as
+    ``scipy.ndimage.median_filter(mode="nearest")``), robust to single hot pixels; ``max |image|``
+    where that is 0.
 
-    a = np.abs(img)
-    scale = float(median_filter(a, size=3, mode="nearest").max())
-    return scale if scale > 0 else float(a.max())
+    Parameters
+    ----------
+    images : Tensor
+        ``(B, n, n)`` images (any unit).
+
+    Returns
+    -------
+    Tensor
+        ``(B,)`` scales in the images' unit, >= 0 (0 only for an all-zero image). Positively
+        homogeneous: ``robust_scale(c * x) == c * robust_scale(x)`` for ``c > 0``.
+    """
+    a = images.abs()
+    padded = torch.nn.functional.pad(a[:, None], (1, 1, 1, 1), mode="replicate")
+    windows = torch.nn.functional.unfold(padded, 3)  # (B, 9, n*n)
+    scale = windows.median(dim=1).values.amax(dim=1)
+    return torch.where(scale > 0, scale, a.flatten(1).amax(dim=1))
+
+
+def data_scale(images: torch.Tensor) -> torch.Tensor:
+    """The factor ``k`` (``(B,)``, > 0) by which the RIM divides images, sigma and sources so that the
+    network sees data at :attr:`RIM.DATA_SCALE`: ``robust_scale(images) / DATA_SCALE``, and 1 for an
+    all-zero image. Training and :meth:`RIM.reconstruct` use the same normalisation."""
+    k = robust_scale(images) / RIM.DATA_SCALE
+    return torch.where(k > 0, k, torch.ones_like(k))

@@ -27,7 +27,7 @@ import torch.distributed as dist
 from lensinv.io import atomic_path, write_text_atomic
 
 from .data import FileDataset, StepBatches, StreamDataset, collate, to_device
-from .model import RIM, RIMConfig
+from .model import RIM, RIMConfig, data_scale
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,11 @@ class TrainConfig:
     init : str or None
         Weights to start from (a checkpoint or exported weights of the same architecture, e.g. the
         shipped ones), with a fresh optimiser; None starts from a random initialisation.
+    normalize : bool
+        Divide each lens's image, sigma and true source by :func:`rim.model.data_scale` of its image
+        before the network sees it, exactly as :meth:`RIM.reconstruct` does at inference (the loss
+        is then in the normalised unit). Runs made before this setting existed trained without it
+        (their checkpoints resume with ``normalize=False``).
     """
 
     preset: str = "realistic"
@@ -91,6 +96,7 @@ class TrainConfig:
     amp: bool = True
     model: RIMConfig = field(default_factory=RIMConfig)
     init: Optional[str] = None
+    normalize: bool = True
 
     def __post_init__(self) -> None:
         from lensinv.simulate import PRESETS
@@ -116,8 +122,9 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
         if self.decay_rate > 1:
             raise ValueError(f"decay_rate must be in (0, 1], got {self.decay_rate!r}")
-        if not isinstance(self.amp, bool):
-            raise ValueError(f"amp must be a bool, got {self.amp!r}")
+        for name in ("amp", "normalize"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if not isinstance(self.model, RIMConfig):
             raise ValueError(f"model must be a RIMConfig, got {type(self.model).__name__}")
         if self.init is not None and (not isinstance(self.init, str) or not self.init.strip()):
@@ -248,15 +255,26 @@ def _schedule(config: TrainConfig) -> Callable[[int], float]:
     return lambda step: config.decay_rate ** (step / config.decay_steps)
 
 
-def validate(model: RIM, batches: list[dict], device) -> float:
-    """Median per-lens RMSE of the final estimate on the validation batches."""
+def normalised(src: torch.Tensor, img: torch.Tensor, sig: torch.Tensor,
+               normalize: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(src / k, img / k, sig / k, k)`` with ``k = data_scale(img)`` per lens (``(B,)``), or the
+    inputs and ``k = 1`` when ``normalize`` is False. ``sig`` is ``(B,)`` or ``(B, n, n)``."""
+    k = data_scale(img) if normalize else torch.ones(img.shape[0], dtype=img.dtype, device=img.device)
+    kk = k[:, None, None]
+    return src / kk, img / kk, sig / (kk if sig.dim() == 3 else k), k
+
+
+def validate(model: RIM, batches: list[dict], device, normalize: bool = True) -> float:
+    """Median per-lens RMSE of the final estimate (in the sources' own unit) on the validation
+    batches, with the data normalised as in training (``normalize``)."""
     rmses = []
     was = model.training
     model.eval()
     with torch.no_grad():
         for b in batches:
             src, img, sig, op = to_device(b, model.config.image_n, model.config.source_n, device)
-            est = model(img, op, sig)[-1]
+            _, img_n, sig_n, k = normalised(src, img, sig, normalize)
+            est = model(img_n, op, sig_n)[-1] * k[:, None, None]
             rmses.extend(((est - src) ** 2).mean(dim=(1, 2)).sqrt().tolist())
     model.train(was)
     return float(np.median(rmses))
@@ -306,12 +324,16 @@ def train(config: TrainConfig, out: Path, device: str = "cpu", resume: bool = Fa
         ck = load_checkpoint(ckpt_path)
         if not isinstance(ck.get("train_config"), dict):
             raise ValueError(f"{ckpt_path} has no train_config: it is exported weights, not a training checkpoint")
-        old = ck["train_config"]
+        old = dict(ck["train_config"])
+        old.setdefault("normalize", False)  # runs from before the setting trained on raw data
         mine = config.to_dict()
-        keys = ("model", "preset", "data", "seed", "batch")
+        keys = ("model", "preset", "data", "seed", "batch", "normalize")
         if any(old.get(k) != mine.get(k) for k in keys):
             diff = [k for k in keys if old.get(k) != mine.get(k)]
-            raise ValueError(f"checkpoint {ckpt_path} was made with another configuration ({', '.join(diff)} differ)")
+            hint = (" (the checkpoint's run trained on un-normalised data: resume it with --no-normalize)"
+                    if diff == ["normalize"] and not old["normalize"] else "")
+            raise ValueError(f"checkpoint {ckpt_path} was made with another configuration ({', '.join(diff)} "
+                             f"differ){hint}")
         start = int(ck["step"])
         if start >= config.steps:
             raise ValueError(f"steps: the checkpoint {ckpt_path} is already at step {start} >= steps {config.steps}: "
@@ -404,6 +426,7 @@ def train(config: TrainConfig, out: Path, device: str = "cpu", resume: bool = Fa
             if step >= config.steps:
                 break
             src, img, sig, op = to_device(batch, config.model.image_n, config.model.source_n, dev)
+            src, img, sig, _ = normalised(src, img, sig, config.normalize)
             with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=use_amp):
                 ests = net(img, op, sig)
                 loss = sum(((e.float() - src) ** 2).sum(dim=(1, 2)).mean() for e in ests)
@@ -429,7 +452,7 @@ def train(config: TrainConfig, out: Path, device: str = "cpu", resume: bool = Fa
                 progress(step, value)
             val = math.nan
             if rank == 0 and val_batches and (step % config.val_every == 0 or step == config.steps):
-                val = validate(model, val_batches, dev)
+                val = validate(model, val_batches, dev, config.normalize)
             if rank == 0 and (step % config.log_every == 0 or not math.isnan(val) or step == config.steps):
                 now = time.perf_counter()
                 rate = n_last / max(now - t_last, 1e-9)
@@ -480,7 +503,9 @@ def export_weights(checkpoint: Path, dest: Path, notes: str = "", metrics: Optio
              f"- data: {'files ' + tc['data'] if tc['data'] else 'a stream of freshly simulated lenses'} "
              f"(preset `{tc['preset']}`, seed {tc['seed']}"
              f"{', starting from ' + tc['init'] if tc.get('init') else ''})",
-             f"- architecture: `{json.dumps(ck['model_config'])}`"]
+             f"- architecture: `{json.dumps(ck['model_config'])}`",
+             f"- data normalised per lens by rim.model.data_scale in training: "
+             f"{'yes' if tc.get('normalize', False) else 'no'}"]
     if metrics:
         lines.append(f"- metrics: `{json.dumps(metrics)}`")
     if notes:

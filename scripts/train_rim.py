@@ -59,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--log-every", type=int_at_least(1), default=d.log_every, help="steps (>= 1)")
     ap.add_argument("--workers", type=int_at_least(0), default=d.workers, help="DataLoader processes building operators")
     ap.add_argument("--no-amp", action="store_true", help="disable bfloat16 autocast on GPU")
+    ap.add_argument("--no-normalize", action="store_true",
+                    help="train on the data as simulated, without dividing each lens by its robust image scale as "
+                         "reconstruct() does (only to resume runs made before normalisation existed)")
     ap.add_argument("--init", type=Path, default=None,
                     help="start from these weights (a checkpoint or exported weights of the same architecture, e.g. "
                          "rim/weights/rim_realistic.pt with --rim-steps 6 --embed 16 --hidden1 64 --hidden2 16)")
@@ -85,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                              lr=args.lr, decay_steps=args.decay_steps, decay_rate=args.decay_rate, clip=args.clip,
                              checkpoint_every=args.checkpoint_every, val_every=args.val_every,
                              val_lenses=args.val_lenses, log_every=args.log_every, workers=args.workers,
-                             amp=not args.no_amp, model=model,
+                             amp=not args.no_amp, normalize=not args.no_normalize, model=model,
                              init=None if args.init is None else str(args.init))
         rank = int(os.environ.get("RANK", "0"))
         try:  # tqdm is optional here: GPU machines may lack it

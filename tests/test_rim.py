@@ -251,3 +251,70 @@ def test_training_can_start_from_existing_weights(tmp_path):
     other = TrainConfig(**{**tiny_lr.to_dict(), "model": RIMConfig(steps=3, embed=4, hidden1=4, hidden2=4, kernel=3)})
     with pytest.raises(ValueError, match="another architecture"):
         train(other, tmp_path / "third")
+
+
+def test_robust_scale_is_the_peak_of_the_median_filtered_image(rng):
+    from scipy.ndimage import median_filter
+
+    from rim.model import data_scale, robust_scale
+
+    imgs = rng.normal(size=(3, 17, 17))
+    imgs[0, 4, 5] = 1e3  # a hot pixel does not set the scale
+    imgs[1, 0, 0] = 7.0  # nor does a corner one (edges replicate, as mode="nearest")
+    want = [median_filter(np.abs(x), size=3, mode="nearest").max() for x in imgs]
+    got = robust_scale(torch.as_tensor(imgs))
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-12)
+    assert got[0] < 10
+    spike = np.zeros((1, 9, 9))
+    spike[0, 4, 4] = -2.0  # median filter removes it: falls back to max |x|
+    assert float(robust_scale(torch.as_tensor(spike))[0]) == 2.0
+    np.testing.assert_allclose(robust_scale(torch.as_tensor(5.0 * imgs)).numpy(), 5.0 * got.numpy(), rtol=1e-12)
+    assert float(data_scale(torch.zeros(1, 9, 9))[0]) == 1.0
+
+
+def test_training_sees_the_data_as_reconstruct_does(rng):
+    """The validation RMSE of training (normalised data) is the RMSE of model.reconstruct on the same
+    lenses, and does not change when the lenses' unit does."""
+    from rim.train import validate
+
+    torch.manual_seed(1)
+    ops = _ops(rng, 3)
+    x, y = SRC.coordinates()
+    src = np.stack([np.exp(-((x - rng.uniform(-0.2, 0.2)) ** 2 + y**2) / 0.05) for _ in ops])
+    sig = np.array([0.01, 0.02, 0.05])
+    img = np.stack([o.apply(s).reshape(IMG.n, IMG.n) + rng.normal(0, e, (IMG.n, IMG.n))
+                    for o, s, e in zip(ops, src, sig)])
+    model = RIM(TINY)
+    want = np.median([np.sqrt(np.mean((model.reconstruct(o, i, e) - s) ** 2)) for o, i, e, s in zip(ops, img, sig, src)])
+
+    def batch(c):
+        return {"source": c * src, "image": c * img, "sigma": c * sig, "matrices": [o.L for o in ops],
+                "psfs": [o.psf for o in ops]}
+
+    got = validate(model, [batch(1.0)], "cpu", normalize=True)
+    assert got == pytest.approx(want, rel=1e-4)
+    assert validate(model, [batch(1000.0)], "cpu", normalize=True) == pytest.approx(1000.0 * got, rel=1e-4)
+    raw = validate(model, [batch(1000.0)], "cpu", normalize=False)
+    assert abs(raw - 1000.0 * got) > 0.01 * 1000.0 * got  # without normalisation the unit matters
+
+
+def test_runs_from_before_normalisation_resume_only_without_it(tmp_path):
+    from lensinv.dataset import build_dataset
+    from lensinv.simulate import PRESETS, SimulationConfig
+
+    data = build_dataset(tmp_path / "m.h5", 4, 3, SimulationConfig(preset=PRESETS["magnet"]))
+    arch = RIMConfig(steps=2, embed=4, hidden1=4, hidden2=4, kernel=3)
+    base = TrainConfig(preset="magnet", data=str(data), batch=2, steps=1, workers=0, val_lenses=0, model=arch)
+    train(base, tmp_path / "run")
+    path = tmp_path / "run" / "checkpoint.pt"
+    ck = load_checkpoint(path)
+    assert ck["train_config"]["normalize"] is True
+    del ck["train_config"]["normalize"]  # as written before the setting existed
+    torch.save(ck, path)
+    more = TrainConfig(**{**base.to_dict(), "model": arch, "steps": 2})
+    with pytest.raises(ValueError, match="--no-normalize"):
+        train(more, tmp_path / "run", resume=True)
+    train(TrainConfig(**{**more.to_dict(), "model": arch, "normalize": False}), tmp_path / "run", resume=True)
+    assert load_checkpoint(path)["step"] == 2
+    with pytest.raises(ValueError, match="normalize must be a bool"):
+        TrainConfig(normalize=1)
