@@ -6,6 +6,15 @@
     python scripts/reconstruct.py --image obs.fits --lens "theta_E=1.1,q=0.8,phi=0.4,gamma=0.03,gamma_phi=1.2" \\
         --sigma 0.02 --psf-fwhm 0.08 --method warren-dye --out results/obs1
 
+Interferometric data: --visibilities FILE (.npz, uvfits or a measurement set; lensinv.uv) with --lens
+reconstructs the source from the visibilities (Warren-Dye in the uv plane; the lens is not fitted from
+visibilities) on an --image-n x --pixel-scale sky grid (default 192 x 0.04 arcsec; refused if it
+under-samples the longest baseline), optionally through a Gaussian primary beam (--dish-diameter),
+with the same outputs as for an image (fit.json's chi2_per_pixel is then per real datum).
+
+    python scripts/reconstruct.py --visibilities obs.uvfits --lens "theta_E=0.9,q=0.8,phi=0.3" \
+        --method warren-dye --out results/alma1
+
 Without --lens the lens is fitted (``baselines.fit_lens``: evidence maximisation from no guess, a
 progress bar on stderr) on the largest centred square cut-out at the native scale, with --profile
 SIE|EPL and, with --lens-light, the lens galaxy's light modelled jointly (a multi-Gaussian
@@ -305,6 +314,15 @@ class _Progress:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--image", type=Path, default=None, help="observed image (FITS; file.fits[EXT] allowed)")
+    ap.add_argument("--visibilities", type=Path, default=None,
+                    help="instead of --image: interferometric visibilities (.npz, uvfits or a measurement-set "
+                         "folder; see lensinv.uv); needs --lens; the model's sky is the image grid of "
+                         "--image-n x --pixel-scale (default 192 x 0.04 arcsec)")
+    ap.add_argument("--image-n", type=int_at_least(8), default=None,
+                    help="with --visibilities: image-grid pixels per side (default 192)")
+    ap.add_argument("--dish-diameter", type=positive_float, default=None,
+                    help="with --visibilities: apply a Gaussian primary beam of FWHM 1.13 lambda / D of dishes of "
+                         "this diameter (metres; ALMA 12) at the data's frequency (default: no primary beam)")
     ap.add_argument("--images", type=Path, default=None,
                     help="instead of --image: a text file listing folders (one a line; # comments; relative to "
                          "the file), each holding image.fits, noise_map.fits and optionally psf.fits; results go "
@@ -346,8 +364,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True, help="result folder (created)")
     ap.add_argument("--overwrite", action="store_true", help="replace an earlier result in --out")
     args = ap.parse_args(argv)
-    if (args.image is None) == (args.images is None):
-        ap.error("one of the arguments --image --images is required (not both)")
+    if sum(a is not None for a in (args.image, args.images, args.visibilities)) != 1:
+        ap.error("one of the arguments --image --images --visibilities is required (only one)")
+    if args.visibilities is not None:
+        return main_visibilities(ap, args)
+    for flag in ("image_n", "dish_diameter"):
+        if getattr(args, flag) is not None:
+            ap.error(f"argument --{flag.replace('_', '-')}: only with --visibilities")
     if args.images is None and args.noise is None and args.sigma is None:
         ap.error("one of the arguments --noise --sigma is required")
     if args.images is not None and (args.noise is not None or args.psf is not None or args.sigma is not None):
@@ -438,8 +461,6 @@ def _light_basis(grid: lensinv.ImageGrid, lens: lensinv.Lens, kernel, image: np.
 
 def run(args) -> int:
     import json
-
-    from astropy.io import fits
 
     import baselines
 
@@ -589,24 +610,7 @@ def run(args) -> int:
     result = {"lens": params, "lens_std": params_std, "chi2_per_pixel": chi2 / n_fit if n_fit else None,
               "n_pixels": n_fit, "log_evidence": _finite_or_none(log_ev), "method": args.method}
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    hdr = fits.Header()
-    hdr["METHOD"] = (args.method, "reconstruction method")
-    hdr["SRC_N"] = (source_grid.n, "source pixels per side")
-    hdr["SRC_FOV"] = (source_grid.fov, "[arcsec] source grid side")
-    hdr["PIXSCALE"] = (source_grid.delta, "[arcsec] source pixel size")
-    hdr["IMSCALE"] = (grid.pixel_scale, "[arcsec] image pixel size used")
-    hdr["FITTED"] = (fit is not None, "lens fitted (else given with --lens)")
-    for k, key in zip(("THETA_E", "Q", "PHI", "CEN_X", "CEN_Y", "GAMMA", "GAM_PHI"),
-                      ("theta_E", "q", "phi", "center_x", "center_y", "gamma", "gamma_phi")):
-        hdr[k] = params[key]
-    if "slope" in params:
-        hdr["SLOPE"] = (params["slope"], "EPL logarithmic slope")
-    for k, v in extra.items():
-        hdr[k] = v
-    hdr["COMMENT"] = "lensinv source reconstruction; pixel (0,0) at (-(n-1)/2, -(n-1)/2)*PIXSCALE arcsec"
-    with atomic_write(args.out / "source.fits") as f:
-        fits.PrimaryHDU(np.asarray(source, dtype=np.float32), header=hdr).writeto(f)
+    write_source(args.out, source, source_grid, grid.pixel_scale, args.method, fit is not None, params, extra)
     write_text_atomic(args.out / "fit.json", json.dumps(result, indent=2) + "\n")
 
     resid = np.where(fitted, (image - model_image) / sigma, np.nan)
@@ -616,19 +620,179 @@ def run(args) -> int:
               (source, source_grid.extent, f"source ({args.method})", {})]
     if light_img is not None:
         panels.append((light_img, grid.extent, "lens light", {}))
-    for name, chosen in (("fit.png", panels), ("reconstruction.png", [panels[0], panels[3], panels[1], panels[2]])):
-        fig, axes = plt.subplots(1, len(chosen), figsize=(3.8 * len(chosen), 3.8))
-        for ax, (img, ext, title, kw) in zip(axes, chosen):
-            im = ax.imshow(img, origin="lower", extent=ext, **({"cmap": "magma"} | kw))
-            ax.set_title(title)
-            ax.set_xlabel("x [arcsec]")
-            fig.colorbar(im, ax=ax, fraction=0.046)
-        fig.tight_layout()
-        with atomic_write(args.out / name) as f:
-            fig.savefig(f, format="png", dpi=90)
-        plt.close(fig)
+    save_figure(args.out / "fit.png", panels)
+    save_figure(args.out / "reconstruction.png", [panels[0], panels[3], panels[1], panels[2]])
     print(f"wrote {args.out / 'source.fits'}, fit.json, fit.png and reconstruction.png "
           f"(chi2/N {result['chi2_per_pixel']:.3f} over {n_fit} pixels)")
+    return 0
+
+
+def write_source(out: Path, source: np.ndarray, source_grid: lensinv.SourceGrid, image_scale: float, method: str,
+                 fitted: bool, params: dict, extra: dict) -> None:
+    """``out/source.fits`` (float32, atomic): the source with its grid, method and lens in the header."""
+    from astropy.io import fits
+
+    out.mkdir(parents=True, exist_ok=True)
+    hdr = fits.Header()
+    hdr["METHOD"] = (method, "reconstruction method")
+    hdr["SRC_N"] = (source_grid.n, "source pixels per side")
+    hdr["SRC_FOV"] = (source_grid.fov, "[arcsec] source grid side")
+    hdr["PIXSCALE"] = (source_grid.delta, "[arcsec] source pixel size")
+    hdr["IMSCALE"] = (image_scale, "[arcsec] image pixel size used")
+    hdr["FITTED"] = (fitted, "lens fitted (else given with --lens)")
+    for k, key in zip(("THETA_E", "Q", "PHI", "CEN_X", "CEN_Y", "GAMMA", "GAM_PHI"),
+                      ("theta_E", "q", "phi", "center_x", "center_y", "gamma", "gamma_phi")):
+        hdr[k] = params[key]
+    if "slope" in params:
+        hdr["SLOPE"] = (params["slope"], "EPL logarithmic slope")
+    for k, v in extra.items():
+        hdr[k] = v
+    hdr["COMMENT"] = "lensinv source reconstruction; pixel (0,0) at (-(n-1)/2, -(n-1)/2)*PIXSCALE arcsec"
+    with atomic_write(out / "source.fits") as f:
+        fits.PrimaryHDU(np.asarray(source, dtype=np.float32), header=hdr).writeto(f)
+
+
+def save_figure(path: Path, panels: list) -> None:
+    """One row of panels, written atomically as a PNG. A panel is ``(image, extent, title, imshow
+    keywords)``, or a callable drawing on its axes."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.8 * len(panels), 3.8))
+    for ax, panel in zip(np.atleast_1d(axes), panels):
+        if callable(panel):
+            panel(ax)
+            continue
+        img, ext, title, kw = panel
+        im = ax.imshow(img, origin="lower", extent=ext, **({"cmap": "magma"} | kw))
+        ax.set_title(title)
+        ax.set_xlabel("x [arcsec]")
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png", dpi=90)
+    plt.close(fig)
+
+
+# -- interferometric data ------------------------------------------------------------------------
+#: flags of imaging data that --visibilities does not take
+IMAGING_ONLY = ("noise", "sigma", "psf", "psf_fwhm", "mask", "psf_size", "crop", "profile", "lens_light", "shard")
+
+
+def main_visibilities(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """Check the flags of a ``--visibilities`` reconstruction (before any work), then run it."""
+    for flag in IMAGING_ONLY:
+        if getattr(args, flag) not in (None, False):
+            ap.error(f"argument --{flag.replace('_', '-')}: not used with --visibilities (the noise is the data's "
+                     "per-visibility sigma, the array's response is the uv coverage)")
+    if args.lens is None:
+        ap.error("argument --visibilities: needs --lens (fitting the lens from visibilities is not supported; fit it "
+                 "on an image, or give a model from elsewhere)")
+    earlier = [name for name in RESULT_FILES if (args.out / name).exists()]
+    if earlier and not args.overwrite:
+        ap.error(f"argument --out: {args.out} already holds a result ({', '.join(earlier)}); "
+                 "pass --overwrite to replace it")
+    if args.out.exists() and not args.out.is_dir():
+        ap.error(f"argument --out: {args.out} exists and is not a folder")
+    try:
+        args.lens_model = parse_lens(args.lens)
+    except ValueError as exc:
+        ap.error(f"argument --lens: {exc}")
+    try:
+        return run_visibilities(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def visibility_chi2(vis: np.ndarray, model: np.ndarray, sigma: np.ndarray) -> float:
+    """``sum |V - M|^2 / sigma^2`` over the real and imaginary parts (``2 n_vis`` real data)."""
+    r = (np.asarray(vis) - np.asarray(model)) / sigma
+    return float(np.sum(r.real**2 + r.imag**2))
+
+
+def run_visibilities(args) -> int:
+    """Reconstruct the source from visibilities with the given lens; writes the imaging outputs.
+
+    ``fit.json``'s ``chi2_per_pixel`` is the chi^2 per real datum (``2 n_vis`` of them: real and
+    imaginary parts) and ``n_pixels`` that number, plus ``n_visibilities``. The figures show the
+    natural-weighted dirty images of the data, the model and the residual (the last in units of its
+    noise, ``1 / sqrt(sum w)``), the model sky ``pb L s`` and the normalised residual visibilities
+    against baseline length.
+    """
+    import json
+
+    import baselines
+    from lensinv import uv as luv
+    from lensinv.visibility import ARCSEC
+
+    data = luv.read_visibilities(args.visibilities)
+    grid = lensinv.ImageGrid(192 if args.image_n is None else args.image_n,
+                             0.04 if args.pixel_scale is None else args.pixel_scale)
+    pb = None
+    if args.dish_diameter is not None:
+        if data.frequency is None:
+            raise ValueError(f"--dish-diameter: {args.visibilities} records no frequency, so the primary beam's "
+                             "width is unknown")
+        pb = luv.gaussian_primary_beam(grid, data.frequency, args.dish_diameter)
+    nyquist = 0.5 / (grid.pixel_scale * ARCSEC)
+    umax = float(np.abs(data.uv).max())
+    if umax > nyquist:
+        raise ValueError(f"--pixel-scale {grid.pixel_scale:g} arcsec does not sample the longest baseline "
+                         f"({umax:.4g} wavelengths > {nyquist:.4g}): the model would alias; use pixels below "
+                         f"{0.5 / umax / ARCSEC:.4g} arcsec")
+    lens = args.lens_model
+    if args.method in ("rim", "rim+wd"):
+        raise ValueError(f"--method {args.method}: no RIM for visibilities is available here; use --method "
+                         "warren-dye")
+    source_grid = lensinv.SourceGrid(64 if args.source_n is None else args.source_n,
+                                     1.5 if args.source_fov is None else args.source_fov)
+    op = lensinv.visibility_operator(lens, data.coverage, grid, source_grid, primary_beam=pb)
+    res = baselines.invert(op, data.vis, data.sigma, regularization=args.regularization)
+    source, log_ev = res.source, float(res.log_evidence)
+    extra = {"REGUL": args.regularization, "LAMBDA": res.lam, "LOGEV": res.log_evidence}
+    model = op.apply(source)
+    n_real = 2 * data.n_vis
+    chi2 = visibility_chi2(data.vis, model, data.sigma)
+    extra["CHI2N"] = chi2 / n_real
+    result = {"lens": lens_params(lens), "lens_std": None, "chi2_per_pixel": chi2 / n_real, "n_pixels": n_real,
+              "n_visibilities": data.n_vis, "log_evidence": _finite_or_none(log_ev), "method": args.method,
+              "data": "visibilities"}
+    write_source(args.out, source, source_grid, grid.pixel_scale, args.method, False, result["lens"], extra)
+    write_text_atomic(args.out / "fit.json", json.dumps(result, indent=2) + "\n")
+
+    w = data.weights
+    dirty = op.dirty_image(data.vis, w)
+    dirty_model = op.dirty_image(model, w)
+    dirty_noise = 1.0 / math.sqrt(float(w.sum()))  # std of a dirty-image pixel from the noise alone
+    sky = op.image(source).reshape(grid.shape)
+    resid = (data.vis - model) / data.sigma
+
+    def residual_visibilities(ax) -> None:
+        q = np.hypot(data.uv[:, 0], data.uv[:, 1]) / 1e3
+        pick = np.random.default_rng(0).permutation(data.n_vis)[:20000]
+        ax.plot(q[pick], resid.real[pick], ",", color="C0", alpha=0.4, label="real")
+        ax.plot(q[pick], resid.imag[pick], ",", color="C1", alpha=0.4, label="imaginary")
+        edges = np.quantile(q, np.linspace(0, 1, 16))
+        k = np.clip(np.searchsorted(edges, q, side="right") - 1, 0, 14)
+        mid = 0.5 * (edges[1:] + edges[:-1])
+        for part, colour in ((resid.real, "navy"), (resid.imag, "darkred")):
+            ax.plot(mid, [np.mean(part[k == b]) for b in range(15)], "-", color=colour, lw=1.5)
+        ax.set_ylim(-5, 5)
+        ax.set_xlabel("baseline [kilo-wavelengths]")
+        ax.set_title(f"residual / sigma (chi2/N {chi2 / n_real:.3f})")
+
+    save_figure(args.out / "fit.png", [
+        (dirty, grid.extent, "dirty image (data) [Jy/beam]", {}),
+        (dirty_model, grid.extent, "dirty image (model) [Jy/beam]", {}),
+        ((dirty - dirty_model) / dirty_noise, grid.extent, "residual dirty image / noise",
+         {"cmap": "RdBu_r", "vmin": -5, "vmax": 5}),
+        (sky, grid.extent, "model sky [Jy/pixel]", {}),
+        (source, source_grid.extent, f"source ({args.method}) [Jy/pixel]", {}),
+        residual_visibilities])
+    save_figure(args.out / "reconstruction.png", [
+        (dirty, grid.extent, "dirty image [Jy/beam]", {}),
+        (source, source_grid.extent, f"source ({args.method}) [Jy/pixel]", {}),
+        residual_visibilities])
+    print(f"wrote {args.out / 'source.fits'}, fit.json, fit.png and reconstruction.png (chi2/N {chi2 / n_real:.3f} "
+          f"over {data.n_vis} visibilities)")
     return 0
 
 
