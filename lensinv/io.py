@@ -1,4 +1,4 @@
-"""Files: atomic writes and one FITS image reader.
+"""Files: atomic writes, one FITS image reader and a lenstronomy-style HDF5 reader.
 
 Everything lensinv and its scripts write goes through :func:`atomic_write`
 (temporary file in the same folder, fsync, rename), so a reader never sees a
@@ -10,6 +10,7 @@ astropy/cfitsio extension syntax ``file.fits[EXT]`` (name, or index).
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -165,3 +166,131 @@ def read_fits_image(spec: PathLike, hdu: Optional[Union[int, str]] = None, *, na
     while img.ndim > 2:
         img = img.sum(axis=0)
     return FitsImage(data=img, header=header, source=label)
+
+
+#: file-name endings read as lenstronomy-style HDF5 (:func:`read_lenstronomy_image`)
+HDF5_SUFFIXES = (".h5", ".hdf5")
+#: lenstronomy's floor on the exposure time (seconds) before dividing by it
+_MIN_EXPOSURE = 1e-10
+
+
+def is_hdf5(spec: PathLike) -> bool:
+    """Whether a file name ends in ``.h5`` or ``.hdf5`` (case-insensitive)."""
+    return Path(os.fspath(spec)).suffix.lower() in HDF5_SUFFIXES
+
+
+@dataclass(frozen=True)
+class LenstronomyImage:
+    """An image in lenstronomy's HDF5 layout (``image_data``, ``background_rms``, ``exposure_time``,
+    ``transform_pix2angle``), with its noise map.
+
+    Attributes
+    ----------
+    data : ndarray
+        float64 ``image_data`` (counts per second, or the file's units).
+    sigma : ndarray
+        Noise standard deviation per pixel, as lenstronomy's ``ImageNoise`` computes it:
+        ``sqrt(background_rms^2 + max(data, 0) / max(exposure_time, 1e-10))`` (negative data carry no
+        Poisson term).
+    pixel_scale : float
+        arcsec per pixel: ``sqrt(|det(transform_pix2angle)|)`` (square pixels).
+    transform_pix2angle : ndarray
+        ``(2, 2)`` arcsec per pixel step (lenstronomy's; its x axis usually points against the
+        columns, east to the left: lensinv's ``x`` runs along the columns, so angles measured in
+        lensinv's frame are those of the image as stored).
+    source : str
+        The file (for messages).
+    """
+
+    data: np.ndarray
+    sigma: np.ndarray
+    pixel_scale: float
+    transform_pix2angle: np.ndarray
+    source: str
+
+
+def _h5_dataset(f: Any, key: str, name: str, path: Path) -> np.ndarray:
+    if key not in f:
+        raise ValueError(f"{name} file {os.fspath(path)!r} has no dataset {key!r} (it has {', '.join(sorted(f))})")
+    return np.array(f[key][()], dtype=np.float64)
+
+
+def _open_h5(path: Path, name: str):
+    if path.is_dir():
+        raise ValueError(f"{name} {os.fspath(path)!r} is a directory, not an HDF5 file")
+    if not path.is_file():
+        raise ValueError(f"{name} file {os.fspath(path)!r} does not exist")
+    import h5py
+
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise ValueError(f"{name} file {os.fspath(path)!r} is not a readable HDF5 file: {exc}") from exc
+
+
+def read_lenstronomy_image(path: PathLike, *, name: str = "image") -> LenstronomyImage:
+    """Read an image and its noise from a lenstronomy-style HDF5 file (e.g. dolphin's data files).
+
+    Parameters
+    ----------
+    path : str or PathLike
+        HDF5 file with ``image_data`` (2-D), ``background_rms`` (scalar or the image's shape, image
+        units), ``exposure_time`` (scalar or the image's shape, seconds) and
+        ``transform_pix2angle`` (2 x 2, arcsec per pixel).
+    name : str
+        What the file is, for error messages.
+
+    Returns
+    -------
+    LenstronomyImage
+
+    Raises
+    ------
+    ValueError
+        A missing file or dataset, non-2-D data, shapes that differ, a negative background rms, a
+        singular or non-square-pixel transform.
+    """
+    path = Path(os.fspath(path))
+    with _open_h5(path, name) as f:
+        data = _h5_dataset(f, "image_data", name, path)
+        rms = _h5_dataset(f, "background_rms", name, path)
+        exposure = _h5_dataset(f, "exposure_time", name, path)
+        T = _h5_dataset(f, "transform_pix2angle", name, path)
+    label = os.fspath(path)
+    if data.ndim != 2:
+        raise ValueError(f"{name} {label!r}: image_data must be 2-D, got shape {data.shape}")
+    for key, a in (("background_rms", rms), ("exposure_time", exposure)):
+        if a.ndim != 0 and a.shape != data.shape:
+            raise ValueError(f"{name} {label!r}: {key} must be a scalar or of image_data's shape {data.shape}, "
+                             f"got {a.shape}")
+    if np.any(rms < 0) or not np.all(np.isfinite(rms)):
+        raise ValueError(f"{name} {label!r}: background_rms must be finite and >= 0")
+    if T.shape != (2, 2) or not np.all(np.isfinite(T)) or abs(np.linalg.det(T)) == 0:
+        raise ValueError(f"{name} {label!r}: transform_pix2angle must be a finite invertible 2 x 2 matrix, got {T!r}")
+    sides = np.hypot(T[0], T[1])  # arcsec per step along the columns and the rows
+    if not math.isclose(sides[0], sides[1], rel_tol=1e-3):
+        raise ValueError(f"{name} {label!r}: pixels are not square ({sides[0]:.5g} x {sides[1]:.5g} arcsec)")
+    exposure = np.maximum(np.where(np.isfinite(exposure), exposure, _MIN_EXPOSURE), _MIN_EXPOSURE)
+    with np.errstate(invalid="ignore"):
+        poisson = np.where(data >= 0, data, 0.0) / exposure
+    sigma = np.sqrt(rms**2 + poisson)
+    sigma = np.where(np.isfinite(data), sigma, np.nan)  # non-finite data: masked downstream
+    return LenstronomyImage(data=data, sigma=np.broadcast_to(sigma, data.shape).copy(),
+                            pixel_scale=float(math.sqrt(abs(np.linalg.det(T)))), transform_pix2angle=T,
+                            source=label)
+
+
+def read_lenstronomy_psf(path: PathLike, *, name: str = "PSF") -> np.ndarray:
+    """The ``kernel_point_source`` (2-D, float64) of a lenstronomy-style HDF5 PSF file.
+
+    Raises
+    ------
+    ValueError
+        A missing file or dataset, or a kernel that is not 2-D.
+    """
+    path = Path(os.fspath(path))
+    with _open_h5(path, name) as f:
+        k = _h5_dataset(f, "kernel_point_source", name, path)
+    if k.ndim != 2:
+        raise ValueError(f"{name} {os.fspath(path)!r}: kernel_point_source must be 2-D, got shape {k.shape}")
+    return k

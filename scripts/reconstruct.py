@@ -27,8 +27,11 @@ Survey batches: --images LIST names folders holding image.fits, noise_map.fits (
 the ones already done (without --overwrite) and going on past a lens that fails (exit status 1).
 
 The image's pixel scale comes from its FITS header (celestial WCS, or a PIXSCALE keyword in
-arcsec) or --pixel-scale. The lens is centred at (center_x, center_y) arcsec from the centre
-of the image. For the RIM the image (and noise map, PSF) are resampled onto the model's grid
+arcsec) or --pixel-scale. A lenstronomy-style HDF5 --image (.h5, .hdf5: image_data, background_rms,
+exposure_time, transform_pix2angle) brings its noise, sqrt(background_rms^2 + max(image, 0) /
+exposure_time) as lenstronomy computes it, and its pixel scale; an HDF5 --psf its
+kernel_point_source. Angles are in the frame of the stored pixels (x along the columns). The
+lens is centred at (center_x, center_y) arcsec from the centre of the image. For the RIM the image (and noise map, PSF) are resampled onto the model's grid
 (192 x 0.04 arcsec) when they differ; Warren-Dye works on the largest centred square cut-out at
 the native scale. Writes OUT/fit.json (DESIGN.md: "lens", "lens_std" (null for a given lens),
 "chi2_per_pixel" and "n_pixels" over the fitted pixels, "log_evidence" (null for the RIM alone),
@@ -62,7 +65,8 @@ import lensinv  # noqa: E402
 from baselines import FORMS  # noqa: E402
 from baselines.lens_fit import PROFILES, FitConfig  # noqa: E402
 from lensinv.cli import int_at_least, positive_float  # noqa: E402
-from lensinv.io import atomic_write, read_fits_image, write_text_atomic  # noqa: E402
+from lensinv.io import (atomic_write, is_hdf5, read_fits_image, read_lenstronomy_image,  # noqa: E402
+                        read_lenstronomy_psf, write_text_atomic)
 
 LENS_KEYS = ("theta_E", "q", "phi", "gamma", "gamma_phi", "center_x", "center_y")
 #: the files of a result: an --out folder holding one of them is not overwritten without --overwrite
@@ -313,7 +317,8 @@ class _Progress:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--image", type=Path, default=None, help="observed image (FITS; file.fits[EXT] allowed)")
+    ap.add_argument("--image", type=Path, default=None,
+                    help="observed image (FITS; file.fits[EXT] allowed), or a lenstronomy-style HDF5 file (.h5/.hdf5: image_data, background_rms, exposure_time, transform_pix2angle), which also gives the noise and pixel scale")
     ap.add_argument("--visibilities", type=Path, default=None,
                     help="instead of --image: interferometric visibilities (.npz, uvfits or a measurement-set "
                          "folder; see lensinv.uv); needs --lens; the model's sky is the image grid of "
@@ -333,16 +338,18 @@ def main(argv: list[str] | None = None) -> int:
                     help='e.g. "theta_E=1.1,q=0.8,phi=0.4,gamma=0.03,gamma_phi=1.2"; default: fit the lens')
     noise = ap.add_mutually_exclusive_group()
     noise.add_argument("--noise", type=Path, help="noise (sigma) map, FITS, same pixels as the image; non-finite "
-                                                  "values or >= 1e6 x the median mark masked pixels")
+                                                  "values or >= 1e6 x the median mark masked pixels (default with "
+                                                  "an HDF5 --image: its own, as lenstronomy computes it)")
     noise.add_argument("--sigma", type=positive_float, help="uniform noise sigma (image units)")
     psf = ap.add_mutually_exclusive_group()
-    psf.add_argument("--psf", type=Path, help="PSF kernel (FITS) at the image's pixel scale")
+    psf.add_argument("--psf", type=Path, help="PSF kernel at the image's pixel scale: FITS (file.fits[EXT] allowed) or "
+                     "lenstronomy-style HDF5 (.h5/.hdf5, kernel_point_source)")
     psf.add_argument("--psf-fwhm", type=positive_float, help="Gaussian PSF FWHM in arcsec (> 0)")
     ap.add_argument("--mask", type=Path, default=None, help="FITS of the image's shape: non-zero = masked")
     ap.add_argument("--psf-size", type=odd_int_at_least_3, default=None,
-                    help="use the central N x N of the --psf kernel, renormalised (odd N >= 3): the cost of an "
-                         "evaluation grows with the kernel's area (a 61x61 HST PSF: ~30 s per evaluation on "
-                         "100x100 pixels), the wings lost are its flux outside N x N")
+                    help="use the central N x N of the --psf kernel, renormalised (odd N >= 3; the wings lost are "
+                         "its flux outside N x N). Rarely worth it: big kernels take the FFT route of the normal "
+                         "matrix, whose cost hardly depends on the kernel's size")
     ap.add_argument("--crop", type=positive_float, default=None,
                     help="work on the central ARCSEC x ARCSEC of the image (about the image's centre; a fit's "
                          "cost grows with the pixels: a ring of radius R needs about 2.5 R + the PSF)")
@@ -371,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     for flag in ("image_n", "dish_diameter"):
         if getattr(args, flag) is not None:
             ap.error(f"argument --{flag.replace('_', '-')}: only with --visibilities")
-    if args.images is None and args.noise is None and args.sigma is None:
+    if args.images is None and args.noise is None and args.sigma is None and not is_hdf5(args.image):
         ap.error("one of the arguments --noise --sigma is required")
     if args.images is not None and (args.noise is not None or args.psf is not None or args.sigma is not None):
         ap.error("argument --images: each folder has its noise_map.fits and psf.fits; omit --noise, --sigma "
@@ -465,17 +472,25 @@ def run(args) -> int:
     import baselines
 
     lens = args.lens_model
-    fi = read_fits_image(args.image, name="--image")
-    image, header = fi.data, fi.header
-    scale = args.pixel_scale if args.pixel_scale is not None else pixel_scale_from_header(header)
+    h5_sigma = None
+    if is_hdf5(args.image):  # lenstronomy's layout: the noise and the pixel scale come with it
+        li = read_lenstronomy_image(args.image, name="--image")
+        image, h5_sigma = li.data, li.sigma
+        scale = args.pixel_scale if args.pixel_scale is not None else li.pixel_scale
+    else:
+        fi = read_fits_image(args.image, name="--image")
+        image = fi.data
+        scale = args.pixel_scale if args.pixel_scale is not None else pixel_scale_from_header(fi.header)
     if scale is None:
         raise ValueError("no pixel scale: the FITS header has no celestial WCS or PIXSCALE; pass --pixel-scale")
     if args.noise is not None:
         sigma = read_fits_image(args.noise, name="--noise").data
         if sigma.shape != image.shape:
             raise ValueError(f"noise map shape {sigma.shape} differs from the image's {image.shape}")
-    else:
+    elif args.sigma is not None:
         sigma = np.full(image.shape, args.sigma)
+    else:
+        sigma = h5_sigma
     # pixels holding data: finite data, finite noise > 0 below 1e6 x the median, not in --mask
     use = baselines.bad_pixel_mask(sigma, image)
     n_bad = int((~use).sum())
@@ -494,7 +509,9 @@ def run(args) -> int:
     sigma = np.where(use, sigma, med_sigma)
     kernel = None
     if args.psf is not None:
-        kernel = lensinv.validate_kernel(read_fits_image(args.psf, name="--psf").data)
+        raw = read_lenstronomy_psf(args.psf, name="--psf") if is_hdf5(args.psf) else \
+            read_fits_image(args.psf, name="--psf").data
+        kernel = lensinv.validate_kernel(raw)
         if args.psf_size is not None and args.psf_size < kernel.shape[0]:
             h, c = args.psf_size // 2, kernel.shape[0] // 2
             kernel = lensinv.validate_kernel(kernel[c - h:c + h + 1, c - h:c + h + 1])

@@ -318,3 +318,30 @@ def test_psf_size_flag(rec, sim, tmp_path, capsys):
     assert PSF.shape[0] > 3
     assert rec.main(base + ["--psf-size", "3", "--out", str(tmp_path / "r")]) == 0
     assert 0.5 < _load(tmp_path / "r")["chi2_per_pixel"] < 2.0
+
+
+def test_lenstronomy_hdf5_input_brings_its_noise_and_pixel_scale(rec, sim, tmp_path, monkeypatch, capsys):
+    """--image file.h5 (image_data, background_rms, exposure_time, transform_pix2angle) and --psf
+    file.h5 (kernel_point_source): no --noise and no --pixel-scale needed; the lens is fitted."""
+    import h5py
+
+    monkeypatch.setattr(rec, "FIT_CONFIG", dataclasses.replace(QUICK, uncertainties=False))
+    image, sigma = sim
+    with h5py.File(tmp_path / "image.h5", "w") as f:
+        f["image_data"] = image
+        f["background_rms"] = sigma
+        f["exposure_time"] = np.full(image.shape, 1e12)  # Poisson term negligible
+        f["transform_pix2angle"] = np.array([[-SCALE, 0.0], [0.0, SCALE]])
+    with h5py.File(tmp_path / "psf.h5", "w") as f:
+        f["kernel_point_source"] = PSF
+    out = tmp_path / "r"
+    argv = ["--image", str(tmp_path / "image.h5"), "--psf", str(tmp_path / "psf.h5"), "--method", "warren-dye"]
+    assert rec.main(argv + ["--out", str(out)]) == 0
+    r = _load(out)
+    assert abs(r["lens"]["theta_E"] / TRUE["theta_E"] - 1) < 0.02, r["lens"]
+    assert r["n_pixels"] == N * N and 0.7 < r["chi2_per_pixel"] < 1.3
+    assert math.isclose(fits.getheader(out / "source.fits")["IMSCALE"], SCALE)
+    # a FITS image still needs its noise
+    _files(tmp_path, image, np.full(image.shape, sigma))
+    _refused(rec, ["--image", str(tmp_path / "image.fits"), "--method", "warren-dye", "--out", str(tmp_path / "s")],
+             capsys, "--noise", "--sigma")
