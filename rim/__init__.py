@@ -13,11 +13,11 @@ from typing import Optional, Union
 import torch
 
 from .model import RIM, RIMConfig
-from .physics import BatchedOperator
+from .physics import BatchedOperator, BatchedVisibilityOperator
 
 WEIGHTS = Path(__file__).resolve().parent / "weights" / "rim_realistic.pt"
 
-__all__ = ["RIM", "RIMConfig", "BatchedOperator", "load_pretrained", "resolve_device", "WEIGHTS"]
+__all__ = ["RIM", "RIMConfig", "BatchedOperator", "BatchedVisibilityOperator", "load_pretrained", "resolve_device", "WEIGHTS"]
 
 _DEVICE_TYPES = ("cpu", "cuda", "mps")
 
