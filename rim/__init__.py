@@ -16,8 +16,11 @@ from .model import RIM, RIMConfig
 from .physics import BatchedOperator, BatchedVisibilityOperator
 
 WEIGHTS = Path(__file__).resolve().parent / "weights" / "rim_realistic.pt"
+#: weights trained on interferometric data (the alma preset; see their model card)
+ALMA_WEIGHTS = WEIGHTS.with_name("rim_alma.pt")
 
-__all__ = ["RIM", "RIMConfig", "BatchedOperator", "BatchedVisibilityOperator", "load_pretrained", "resolve_device", "WEIGHTS"]
+__all__ = ["RIM", "RIMConfig", "BatchedOperator", "BatchedVisibilityOperator", "load_pretrained", "resolve_device",
+           "WEIGHTS", "ALMA_WEIGHTS"]
 
 _DEVICE_TYPES = ("cpu", "cuda", "mps")
 
