@@ -15,6 +15,16 @@ Layout of a file (all per-lens arrays have the lens axis first)::
     /crc32             (n,) uint32     per lens, CRC-32 of its rows of the per-lens datasets that
                                        have no Fletcher-32 filter (names in its attribute "fields")
 
+Interferometric presets (``alma``) write format 3 (which readers of formats 1-2 refuse rather than
+misread), with the same per-lens arrays except ``/psf``, plus::
+
+    /vis               (n, n_vis)      complex64 visibilities (per lens; raw, Fletcher-32)
+    /uv/uv             (n_vis, 2)      float64 baselines (wavelengths), once per file
+    /uv/primary_beam   (ni, ni)        float64 primary beam, once per file   [presets with one]
+
+and ``/image`` holds the natural-weighted dirty image of ``/vis`` and ``/sigma`` the noise per real
+and imaginary part of each visibility (``lensinv.VisibilityOperator.dirty``).
+
 The bulk arrays (source, image, psf, operators) carry HDF5's Fletcher-32 checksum
 per chunk and the small per-lens arrays are covered by ``/crc32``, so
 :class:`LensDataset` reports a corrupted file as a ``ValueError`` naming the file
@@ -55,11 +65,13 @@ from .grids import ImageGrid, SourceGrid
 from .mass import SIE, ExternalShear, Lens
 from .observation import Observation
 from .simulate import SimulationConfig, simulate
+from .visibility import UVCoverage
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2
-_READABLE_FORMATS = (1, 2)
+VISIBILITY_FORMAT = 3  # the format of interferometric data sets (FORMAT_VERSION and /vis, /uv)
+_READABLE_FORMATS = (1, 2, 3)
 _LEGACY_LENS_FIELDS = ("theta_E", "q", "phi", "center_x", "center_y", "gamma", "gamma_phi")  # format 1
 _SCALARS = {"sigma": np.float64, "snr": np.float64, "psf_fwhm": np.float64, "magnification": np.float64,
             "tries": np.int32, "index": np.int64}
@@ -297,6 +309,8 @@ def _build_part(span: tuple[int, int]) -> int:
     arrays["lens_records"] = np.array([_lens_json(s.lens) for s in sims])  # unicode, no pickling
     if sims[0].psf is not None:
         arrays["psf"] = np.stack([s.psf for s in sims])
+    if sims[0].visibilities is not None:
+        arrays["vis"] = np.stack([s.visibilities for s in sims]).astype(np.complex64)
     if store:
         mats = [s.op.matrix for s in sims]
         arrays["op_indptr"] = np.stack([m.indptr.astype(np.int64) for m in mats])
@@ -312,7 +326,8 @@ def _build_part(span: tuple[int, int]) -> int:
 
 def _header(n: int, seed: int, config: SimulationConfig, store_operators: bool, shard: tuple[int, int]) -> dict:
     pre = config.preset
-    return {"format": FORMAT_VERSION, "n": n, "seed": seed, "shard": list(shard), "store_operators": store_operators,
+    fmt = FORMAT_VERSION if pre.interferometer is None else VISIBILITY_FORMAT
+    return {"format": fmt, "n": n, "seed": seed, "shard": list(shard), "store_operators": store_operators,
             "config": json.loads(config.to_json()), "image_grid": [pre.image_grid.n, pre.image_grid.pixel_scale],
             "source_grid": [pre.source_grid.n, pre.source_grid.fov], "supersample": pre.supersample}
 
@@ -378,6 +393,9 @@ def build_dataset(path: PathLike, n: int, seed: int, config: SimulationConfig = 
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     lo, hi = shard_range(n, shard)
+    if store_operators and config.preset.interferometer is not None:
+        raise ValueError(f"store_operators: preset {config.preset.name!r} observes visibilities, which have no "
+                         "sparse F L to store (the lensing matrix is rebuilt from the stored lens)")
     explicit_size = part_size is not None
     part_size = int_at_least("part_size", (4 if store_operators else 32) if part_size is None else part_size, 1)
     header = _header(n, int(seed), config, store_operators, shard)
@@ -478,7 +496,7 @@ def _merge(path: Path, parts_dir: Path, spans: list[tuple[int, int]], header: di
 
         with h5py.File(tmp, "w") as f:
             f.attrs["header"] = json.dumps(header, sort_keys=True)
-            f.attrs["lensinv_format"] = FORMAT_VERSION
+            f.attrs["lensinv_format"] = header["format"]
             f.attrs["lensinv_version"] = _version()
             f.attrs["config"] = config.to_json()
             f.attrs["preset"] = pre.name
@@ -490,6 +508,15 @@ def _merge(path: Path, parts_dir: Path, spans: list[tuple[int, int]], header: di
             if pre.psf_fwhm is not None:
                 K = pre.psf_size
                 d_psf = per_lens("psf", (K, K), np.float64)
+            d_vis = None
+            if pre.interferometer is not None:
+                sim = pre.interferometer.simulated()
+                f.create_dataset("uv/uv", data=sim.uv, chunks=True, fletcher32=True)
+                pb = pre.interferometer.primary_beam_map(pre.image_grid)
+                if pb is not None:
+                    f.create_dataset("uv/primary_beam", data=pb, chunks=True, fletcher32=True)
+                d_vis = f.create_dataset("vis", (m, sim.n_vis), np.complex64,  # raw: noise hardly compresses
+                                         **({"chunks": (1, sim.n_vis), "fletcher32": True} if m else {}))
             if header["store_operators"]:
                 d_ptr = per_lens("operators/indptr", (ni * ni + 1,), np.int64)
                 d_off = f.create_dataset("operators/offset", (m + 1,), np.int64, chunks=True, fletcher32=True)
@@ -512,6 +539,8 @@ def _merge(path: Path, parts_dir: Path, spans: list[tuple[int, int]], header: di
                     d_lens[row:row + k] = part["lens_records"].tolist()
                     if d_psf is not None:
                         d_psf[row:row + k] = part["psf"]
+                    if d_vis is not None:
+                        d_vis[row:row + k] = part["vis"]
                     if header["store_operators"]:
                         ptr = part["op_indptr"]
                         d_ptr[row:row + k] = ptr
@@ -566,6 +595,16 @@ def _row_undelta(delta: np.ndarray, indptr: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- reader
 
 
+def _read_uv(f, path: Path) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """The baselines and the primary beam (or None) of an open interferometric data-set file."""
+    if "uv/uv" not in f:
+        raise ValueError(f"{path} is incomplete: missing uv/uv (the baselines of its visibilities)")
+    uv = f["uv/uv"][()]
+    if uv.ndim != 2 or uv.shape[1] != 2 or f["vis"].shape[1:] != (uv.shape[0],):
+        raise ValueError(f"{path} is inconsistent: uv/uv {uv.shape} does not match vis {f['vis'].shape}")
+    return uv, f["uv/primary_beam"][()] if "uv/primary_beam" in f else None
+
+
 #: Kept for compatibility: a stored lens is an :class:`lensinv.observation.Observation`.
 Example = Observation
 
@@ -586,8 +625,8 @@ def _check_file(f, path: Path, n: int, base: int) -> None:
                  and obj.shape[0] <= n + 1 else None)
     for name in small:
         f[name][()]
-    for name in ("image", "source"):
-        for j in sorted({0, n // 2, n - 1}):
+    for name in ("image", "source", "vis"):
+        for j in sorted({0, n // 2, n - 1}) if name in f else ():
             f[name][j]
     if "crc32" in f:
         fields = json.loads(f["crc32"].attrs["fields"])
@@ -603,7 +642,8 @@ def _check_file(f, path: Path, n: int, base: int) -> None:
 
 _REQUIRED_COMMON = ("index", "source", "image", "sigma", "snr", "psf_fwhm", "magnification", "tries")
 _REQUIRED = {1: (*_REQUIRED_COMMON, *(f"lens/{k}" for k in _LEGACY_LENS_FIELDS)),
-             2: (*_REQUIRED_COMMON, "lens/records")}
+             2: (*_REQUIRED_COMMON, "lens/records"),
+             3: (*_REQUIRED_COMMON, "lens/records", "vis")}
 
 
 class LensDataset:
@@ -634,7 +674,7 @@ class LensDataset:
             raise ValueError("no data set files given")
         self._files: dict[int, "h5py.File"] = {}
         self._pid = os.getpid()
-        lengths, headers = [], []
+        lengths, headers, uv_pb = [], [], []
         for p in self.paths:
             if p.is_dir():
                 raise ValueError(f"data set path {p} is a directory, not an HDF5 file (pass the files in it)")
@@ -655,6 +695,8 @@ class LensDataset:
                         raise ValueError(f"{p} is inconsistent: {', '.join(bad)} do not have {n} entries")
                     header = json.loads(f.attrs["header"])
                     _check_file(f, p, n, sum(lengths))
+                    if int(version) == VISIBILITY_FORMAT:
+                        uv_pb.append(_read_uv(f, p))
             except (OSError, KeyError, RuntimeError) as exc:
                 raise ValueError(f"{p} cannot be read as HDF5 (truncated or corrupt?): {exc}") from None
             lengths.append(n)
@@ -670,6 +712,19 @@ class LensDataset:
         self.source_grid = SourceGrid(n=self.header["source_grid"][0], fov=self.header["source_grid"][1])
         self.supersample = int(self.header["supersample"])
         self.has_operators = bool(self.header["store_operators"])
+        #: the baselines of an interferometric data set (one UVCoverage, so its lenses share a dirty-beam
+        #: cache) and its flat primary beam; None for imaging
+        self.coverage, self.primary_beam = None, None
+        if uv_pb:
+            uv, pb = uv_pb[0]
+            for p, (uv_k, pb_k) in zip(self.paths[1:], uv_pb[1:]):
+                if not (np.array_equal(uv_k, uv) and (pb is None) == (pb_k is None)
+                        and (pb is None or np.array_equal(pb_k, pb))):
+                    raise ValueError(f"{p} is incompatible with {self.paths[0]} (different uv coverage or primary beam)")
+            self.coverage = UVCoverage(uv)
+            if pb is not None:
+                self.primary_beam = pb.reshape(-1)
+                self.primary_beam.flags.writeable = False
 
     def __len__(self) -> int:
         return int(self._starts[-1])
@@ -721,12 +776,14 @@ class LensDataset:
             indices = _row_undelta(f["operators/indices"][off:off + nnz], indptr)
             matrix = sp.csr_matrix((f["operators/data"][off:off + nnz], indices, indptr),
                                    shape=(self.image_grid.size, self.source_grid.size))
+        vis = f["vis"][j].astype(np.complex128) if self.coverage is not None else None
         return Observation(index=int(f["index"][j]), lens=lens, source=f["source"][j].astype(np.float64),
                            image=f["image"][j].astype(np.float64), sigma=float(f["sigma"][j]),
                            psf=f["psf"][j] if "psf" in f else None, psf_fwhm=float(f["psf_fwhm"][j]),
                            snr=float(f["snr"][j]), magnification=float(f["magnification"][j]),
                            image_grid=self.image_grid, source_grid=self.source_grid,
-                           supersample=self.supersample, tries=int(f["tries"][j]), stored_matrix=matrix)
+                           supersample=self.supersample, tries=int(f["tries"][j]), stored_matrix=matrix,
+                           visibilities=vis, coverage=self.coverage, primary_beam=self.primary_beam)
 
     def __iter__(self) -> Iterator[Observation]:
         for i in range(len(self)):

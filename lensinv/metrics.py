@@ -42,8 +42,15 @@ def ssim(estimate: np.ndarray, truth: np.ndarray, data_range: float | None = Non
 
 
 def reduced_chi2(model_image: np.ndarray, image: np.ndarray, sigma) -> float:
-    """``mean(((model - image) / sigma)^2)`` over the image (NaN when sigma is 0: noise-free data)."""
+    """``mean(((model - image) / sigma)^2)`` over the image (NaN when sigma is 0: noise-free data).
+
+    Complex data (visibilities, ``sigma`` per real and imaginary part): chi^2 per real datum,
+    ``mean(|model - data|^2 / sigma^2) / 2`` (1 for a model that fits to the noise).
+    """
     sig = np.broadcast_to(np.asarray(sigma, float), np.shape(image))
     if np.any(sig <= 0):
         return float("nan")
+    if np.iscomplexobj(model_image) or np.iscomplexobj(image):
+        r = (np.asarray(model_image) - np.asarray(image)) / sig
+        return float(np.mean(r.real**2 + r.imag**2) / 2)
     return float(np.mean(((np.asarray(model_image) - np.asarray(image)) / sig) ** 2))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional, Union
 
 import numpy as np
 import scipy.sparse as sp
@@ -11,6 +11,7 @@ import scipy.sparse as sp
 from .grids import ImageGrid, SourceGrid
 from .mass import Lens
 from .operator import LensOperator, operator
+from .visibility import DirtyImage, UVCoverage, VisibilityOperator, visibility_operator
 
 
 @dataclass(frozen=True, eq=False)
@@ -26,9 +27,11 @@ class Observation:
     source : ndarray
         ``(n_src, n_src)`` float64 true source, peak 1.
     image : ndarray
-        ``(n_img, n_img)`` float64 observed image ``F L s + noise``.
+        ``(n_img, n_img)`` float64 observed image ``F L s + noise``; for interferometric data the
+        natural-weighted dirty image of :attr:`visibilities` (:meth:`lensinv.VisibilityOperator.dirty`).
     sigma : float
-        Noise standard deviation (0 for noise-free data), image units.
+        Noise standard deviation (0 for noise-free data), image units; for interferometric data
+        per real and per imaginary part of each visibility.
     psf : ndarray or None
         The PSF kernel.
     psf_fwhm : float
@@ -43,6 +46,13 @@ class Observation:
         Draws the simulation needed to pass the magnification cut (1 where not recorded).
     stored_matrix : scipy.sparse.csr_matrix or None
         ``F L`` as stored in a data set (float32 values), when the file has operators.
+    visibilities : ndarray or None
+        Interferometric data: ``(n_vis,)`` complex visibilities ``A pb L s + noise`` (the source's
+        unit times pixels), else None.
+    coverage : UVCoverage or None
+        Their baselines (wavelengths; shared by the lenses of a data set, with its beam cache).
+    primary_beam : ndarray or None
+        Flat ``n_img^2`` primary-beam response of the visibilities (None: 1).
     """
 
     index: int
@@ -59,17 +69,40 @@ class Observation:
     supersample: int
     tries: int = 1
     stored_matrix: Optional[sp.csr_matrix] = None
-    _operator: Optional[LensOperator] = field(default=None, repr=False)
+    visibilities: Optional[np.ndarray] = field(default=None, repr=False)
+    coverage: Optional[UVCoverage] = field(default=None, repr=False)
+    primary_beam: Optional[np.ndarray] = field(default=None, repr=False)
+    _operator: Optional[Any] = field(default=None, repr=False)
 
-    def operator(self) -> LensOperator:
+    def operator(self) -> Union[LensOperator, VisibilityOperator]:
         """The lens's forward operator (float64): the simulation's own, or rebuilt exactly from the
-        stored parameters (then kept)."""
+        stored parameters (then kept); a :class:`lensinv.VisibilityOperator` for interferometric data."""
         if self._operator is None:
-            op = operator(self.lens, self.image_grid, self.source_grid, psf=self.psf, supersample=self.supersample)
+            if self.coverage is not None:
+                op = visibility_operator(self.lens, self.coverage, self.image_grid, self.source_grid,
+                                         supersample=self.supersample, primary_beam=self.primary_beam)
+            else:
+                op = operator(self.lens, self.image_grid, self.source_grid, psf=self.psf, supersample=self.supersample)
             object.__setattr__(self, "_operator", op)
         return self._operator
 
     @property
-    def op(self) -> LensOperator:
+    def op(self) -> Union[LensOperator, VisibilityOperator]:
         """Same as :meth:`operator`."""
         return self.operator()
+
+    @property
+    def data(self) -> np.ndarray:
+        """What a solver reconstructs from: :attr:`visibilities` where present, else :attr:`image`."""
+        return self.image if self.visibilities is None else self.visibilities
+
+    def dirty(self) -> DirtyImage:
+        """Interferometric data: the dirty image (:attr:`image`), beam and dirty-image noise of the
+        visibilities (as :meth:`lensinv.VisibilityOperator.dirty`, without a NUFFT: the beam is the
+        coverage's, cached). Raises ValueError for imaging data."""
+        if self.coverage is None:
+            raise ValueError("dirty() is for interferometric observations; this one is an image")
+        n_vis = self.coverage.n_vis
+        beam = self.coverage.beam(np.ones(n_vis), self.image_grid) / n_vis
+        beam.flags.writeable = False
+        return DirtyImage(image=self.image, beam=beam, sigma=self.sigma / float(np.sqrt(n_vis)))

@@ -21,6 +21,7 @@ from .mass import SIE, ExternalShear, Lens
 from .operator import LensOperator, lensing_matrix
 from .psf import gaussian_psf, validate_kernel
 from .sources import ImageSources, MixedSources, ProceduralSources, SourceModel, describe_sources
+from .uv import InterferometerConfig
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,13 @@ class ObservationPreset:
     snr : tuple of float or None
         Peak signal-to-noise range of the lensed image, log-uniform; the noise
         sigma is ``peak(F L s) / snr``. None for noise-free images (sigma 0).
+        With an interferometer: of the natural-weighted dirty image (its peak over the noise of
+        a dirty-image pixel).
+    interferometer : InterferometerConfig or None
+        Observe with an interferometer instead of imaging (no PSF then): the data are complex
+        visibilities with thermal noise, the same sigma for each (per real and imaginary part),
+        and the stored image is their natural-weighted dirty image
+        (:meth:`lensinv.VisibilityOperator.dirty`).
     """
 
     name: str
@@ -109,8 +117,15 @@ class ObservationPreset:
     psf_fwhm: Optional[tuple[float, float]] = None
     psf_size: int = 15
     snr: Optional[tuple[float, float]] = None
+    interferometer: Optional[InterferometerConfig] = None
 
     def __post_init__(self) -> None:
+        if self.interferometer is not None:
+            if not isinstance(self.interferometer, InterferometerConfig):
+                raise ValueError(f"interferometer must be None or an InterferometerConfig, got "
+                                 f"{type(self.interferometer).__name__}")
+            if self.psf_fwhm is not None:
+                raise ValueError("psf_fwhm must be None with an interferometer (the dirty beam replaces the PSF)")
         int_at_least("supersample", self.supersample, 1)
         if self.psf_fwhm is not None:
             object.__setattr__(self, "psf_fwhm", _range("psf_fwhm", self.psf_fwhm, 0.0, strict=True))
@@ -130,11 +145,14 @@ PRESETS: dict[str, ObservationPreset] = {
     # comparison on the validation galaxies: the realistic ranges, and one fixed observation
     "validation": ObservationPreset(name="validation", psf_fwhm=(0.05, 0.15), snr=(10.0, 200.0)),
     "validation-fixed": ObservationPreset(name="validation-fixed", psf_fwhm=(0.08, 0.08), snr=(50.0, 50.0)),
+    # ALMA-like visibilities (lensinv.uv: 43 antennas, 2.5 km, 4 h track, 300 s averages, 224 + 240 GHz:
+    # 86,688 visibilities), Gaussian primary beam, thermal noise at dirty-image peak S/N 10-200
+    "alma": ObservationPreset(name="alma", snr=(10.0, 200.0), interferometer=InterferometerConfig()),
 }
 
 #: the source model each preset uses unless told otherwise (a :func:`source_model` spec)
 PRESET_SOURCES: dict[str, str] = {"magnet": "procedural", "realistic": "procedural", "galaxies": "galaxies",
-                                  "validation": "validation", "validation-fixed": "validation"}
+                                  "validation": "validation", "validation-fixed": "validation", "alma": "galaxies"}
 
 #: fraction of real galaxies in the ``galaxies`` source spec (the rest procedural)
 GALAXIES_REAL_FRACTION = 0.5
@@ -211,7 +229,10 @@ class SimulationConfig:
     sources: SourceModel = field(default_factory=ProceduralSources)
 
     def to_json(self) -> str:
-        return json.dumps({"preset": asdict(self.preset), "lens_prior": asdict(self.lens_prior),
+        preset = asdict(self.preset)
+        if preset["interferometer"] is None:  # imaging presets: the JSON of the files written before it existed
+            del preset["interferometer"]
+        return json.dumps({"preset": preset, "lens_prior": asdict(self.lens_prior),
                            "sources": describe_sources(self.sources)}, sort_keys=True)
 
 
@@ -263,6 +284,8 @@ def simulate(index: int, seed: int, config: SimulationConfig) -> Observation:
     else:
         raise RuntimeError(f"lens {index}: no draw reached magnification {prior.min_magnification} "
                            f"in {prior.max_tries} tries")
+    if pre.interferometer is not None:
+        return _observe_visibilities(index, rng, pre, lens, source, L, mu, tries)
     psf, fwhm = None, 0.0
     if pre.psf_fwhm is not None:
         fwhm = rng.uniform(*pre.psf_fwhm)
@@ -279,3 +302,28 @@ def simulate(index: int, seed: int, config: SimulationConfig) -> Observation:
     return Observation(index=index, lens=lens, source=source, image=image, sigma=sigma, psf=psf, psf_fwhm=fwhm,
                        snr=snr, magnification=mu, image_grid=pre.image_grid, source_grid=pre.source_grid,
                        supersample=pre.supersample, tries=tries, _operator=op)
+
+
+def _observe_visibilities(index: int, rng: np.random.Generator, pre: ObservationPreset, lens: Lens,
+                          source: np.ndarray, L, mu: float, tries: int) -> Observation:
+    """The interferometric observation of :func:`simulate`: visibilities of ``pb L s`` with thermal
+    noise of one sigma per real and imaginary part, set by the dirty image's peak S/N."""
+    from .visibility import VisibilityOperator, _primary_beam
+
+    ig, sg = pre.image_grid, pre.source_grid
+    cov = pre.interferometer.simulated().coverage
+    op = VisibilityOperator(L=L, coverage=cov, image_grid=ig, source_grid=sg, lens=lens, supersample=pre.supersample,
+                            primary_beam=_primary_beam(pre.interferometer.primary_beam_map(ig), ig))
+    clean = op.apply(source)
+    clean_dirty = op.dirty(clean, 1.0)
+    if pre.snr is None:
+        sigma, snr, vis, image = 0.0, math.inf, clean, clean_dirty.image
+    else:
+        snr = math.exp(rng.uniform(math.log(pre.snr[0]), math.log(pre.snr[1])))
+        # a dirty-image pixel's noise is sigma / sqrt(n_vis) (uniform weights): clean_dirty.sigma is 1 / sqrt(n_vis)
+        sigma = float(clean_dirty.image.max()) / snr / clean_dirty.sigma
+        vis = clean + sigma * (rng.standard_normal(cov.n_vis) + 1j * rng.standard_normal(cov.n_vis))
+        image = op.dirty(vis, sigma).image
+    return Observation(index=index, lens=lens, source=source, image=image, sigma=sigma, psf=None, psf_fwhm=0.0,
+                       snr=snr, magnification=mu, image_grid=ig, source_grid=sg, supersample=pre.supersample,
+                       tries=tries, visibilities=vis, coverage=cov, primary_beam=op.primary_beam, _operator=op)

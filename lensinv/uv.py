@@ -18,7 +18,7 @@ import logging
 import math
 import os
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -693,3 +693,96 @@ def simulate_visibilities(op, source: np.ndarray, sigma: Union[float, np.ndarray
     sig = np.broadcast_to(np.asarray(sigma, dtype=np.float64), model.shape)
     noise = sig * (rng.standard_normal(model.shape) + 1j * rng.standard_normal(model.shape))
     return Visibilities(uv=op.uv, vis=model + noise, sigma=np.ascontiguousarray(sig), frequency=frequency)
+
+
+# ---------------------------------------------------------------------------------------------
+# a simulated interferometric observation (the alma preset of lensinv.simulate)
+@dataclass(frozen=True)
+class InterferometerConfig:
+    """How simulated lenses are observed by an interferometer (recorded in data sets as JSON).
+
+    Parameters
+    ----------
+    configuration : str
+        :func:`alma_layout` configuration (``compact``, ``intermediate``, ``extended``, ``long``).
+    n_antennas : int
+        Antennas of the layout (>= 2).
+    layout_seed : int
+        Seed of the layout's scatter (>= 0).
+    declination : float
+        Source declination (degrees).
+    hour_angle : (float, float)
+        Start and end hour angle of the track (hours).
+    integration_time : float
+        Seconds per (time-averaged) visibility, > 0.
+    frequencies : tuple of float
+        Channel frequencies (Hz, > 0); each channel gives its own visibilities.
+    min_elevation : float
+        Samples below this elevation (degrees) are dropped.
+    primary_beam : bool
+        Attenuate the sky by the 12-m antennas' Gaussian primary beam at the mean frequency
+        (:func:`gaussian_primary_beam`, centred on the phase centre).
+
+    Notes
+    -----
+    The noise is thermal and the same for every visibility (equal integration times and
+    bandwidths); its level is set per lens by the preset's peak S/N of the dirty image
+    (:mod:`lensinv.simulate`), which is the radiometer noise of :func:`thermal_sigma` for a source
+    of the corresponding surface brightness.
+    """
+
+    configuration: str = "extended"
+    n_antennas: int = 43
+    layout_seed: int = 0
+    declination: float = -30.0
+    hour_angle: tuple[float, float] = (-2.0, 2.0)
+    integration_time: float = 300.0
+    frequencies: tuple[float, ...] = (224e9, 240e9)
+    min_elevation: float = 15.0
+    primary_beam: bool = True
+
+    def __post_init__(self) -> None:
+        if self.configuration not in ALMA_CONFIGURATIONS:
+            raise ValueError(f"configuration must be one of {', '.join(ALMA_CONFIGURATIONS)}, got "
+                             f"{self.configuration!r}")
+        int_at_least("n_antennas", self.n_antennas, 2)
+        int_at_least("layout_seed", self.layout_seed, 0)
+        try:
+            h0, h1 = (float(h) for h in self.hour_angle)
+        except (TypeError, ValueError):
+            raise ValueError(f"hour_angle must be (start, end) hours, got {self.hour_angle!r}") from None
+        if not (math.isfinite(h0) and math.isfinite(h1) and h1 > h0):
+            raise ValueError(f"hour_angle must be (start, end) hours with end > start, got {self.hour_angle!r}")
+        object.__setattr__(self, "hour_angle", (h0, h1))
+        positive_float("integration_time", self.integration_time)
+        try:
+            freqs = tuple(positive_float("frequencies", f) for f in np.atleast_1d(self.frequencies).tolist())
+        except TypeError:
+            raise ValueError(f"frequencies must be a sequence of numbers (Hz), got {self.frequencies!r}") from None
+        if not freqs:
+            raise ValueError("frequencies must name at least one channel (Hz)")
+        object.__setattr__(self, "frequencies", freqs)
+        if not isinstance(self.primary_beam, bool):
+            raise ValueError(f"primary_beam must be a bool, got {self.primary_beam!r}")
+
+    def simulated(self) -> SimulatedCoverage:
+        """The Earth-rotation coverage (:func:`simulate_coverage`), computed once per process and
+        configuration: operators built on its ``.coverage`` share one dirty-beam cache."""
+        return _simulated(self)
+
+    def primary_beam_map(self, image_grid: ImageGrid) -> Optional[np.ndarray]:
+        """The ``(n, n)`` primary beam at the mean frequency, or None without one."""
+        if not self.primary_beam:
+            return None
+        return gaussian_primary_beam(image_grid, float(np.mean(self.frequencies)))
+
+
+@lru_cache(maxsize=4)
+def _simulated(config: InterferometerConfig) -> SimulatedCoverage:
+    layout = alma_layout(config.configuration, config.n_antennas, config.layout_seed)
+    cov = simulate_coverage(layout, config.declination, config.hour_angle, config.integration_time,
+                            config.frequencies, config.min_elevation)
+    log.info("%s: %d visibilities (%d baselines, %.0f s integrations, %d channels), |uv|max %.3g wavelengths",
+             layout.name, cov.n_vis, len(layout.baselines[0]), config.integration_time, len(config.frequencies),
+             float(np.abs(cov.uv).max()))
+    return cov

@@ -173,6 +173,38 @@ def _dirty_beam(uv: np.ndarray, w: np.ndarray, image_grid: ImageGrid, eps: float
 
 
 @dataclass(frozen=True, eq=False)
+class DirtyImage:
+    """The natural-weighted dirty image and beam of some visibilities: what the likelihood of a
+    source needs of them, whatever their number.
+
+    With ``W = diag(1 / sigma_k^2)`` and ``A`` the image-plane DFT of the operator,
+    ``chi^2(s) / 2 = |W^(1/2) (A pb L s - v)|^2 / 2`` has the gradient
+
+        L^T pb (B * (pb L s) - image) / sigma^2,
+
+    ``B *`` the convolution with :attr:`beam` (``(B * x)_j = sum_l beam(x_j - x_l) x_l``), so the
+    dirty image, the beam and ``sigma`` replace the visibilities (the imaging gradient
+    ``L^T F^T (F L s - d) / sigma^2`` with ``F^T F`` become ``B``).
+
+    Attributes
+    ----------
+    image : ndarray
+        ``(n, n)`` ``Re(A^H W v) / sum(W)`` on the image grid, in the visibilities' unit (Jy/beam
+        for Jy): the usual (apparent, not primary-beam corrected) natural-weighted dirty image.
+    beam : ndarray
+        ``(2n - 1, 2n - 1)`` the dirty beam on the pixel separations divided by ``sum(W)``
+        (dimensionless, 1 at zero separation; layout of :meth:`UVCoverage.beam`). Read-only.
+    sigma : float
+        ``1 / sqrt(sum(W))``: the noise standard deviation of each pixel of :attr:`image` (the
+        visibilities' unit).
+    """
+
+    image: np.ndarray
+    beam: np.ndarray
+    sigma: float
+
+
+@dataclass(frozen=True, eq=False)
 class VisibilityOperator:
     """The forward model of one lens observed by an interferometer, ``V = A diag(pb) L s``.
 
@@ -276,6 +308,55 @@ class VisibilityOperator:
         if self.primary_beam is not None:
             img = img * self.primary_beam.reshape(img.shape)
         return img
+
+    def dirty(self, vis: np.ndarray, sigma: Union[float, np.ndarray]) -> DirtyImage:
+        """The natural-weighted dirty image and beam of ``vis`` (see :class:`DirtyImage`).
+
+        Parameters
+        ----------
+        vis : ndarray
+            ``(n_vis,)`` visibilities (Jy; complex, or real for zero imaginary parts), finite.
+        sigma : float or ndarray
+            Noise per real and per imaginary part (Jy): a scalar or one per visibility; finite, > 0.
+
+        Returns
+        -------
+        DirtyImage
+            Equivariant to the data's unit: ``vis`` and ``sigma`` times ``c`` give the image and
+            ``sigma`` times ``c`` and the same beam. The beam comes from :meth:`UVCoverage.beam`
+            with the weights relative to the median ``sigma`` (uniform noise: weights 1), so lenses
+            observed with one coverage share one cached beam.
+
+        Raises
+        ------
+        ValueError
+            ``vis`` has the wrong size or non-finite values; ``sigma`` is not finite and > 0 or
+            has the wrong shape.
+        """
+        n_vis = self.coverage.n_vis
+        d = np.asarray(vis)
+        if d.dtype.kind not in "biufc":
+            raise ValueError(f"vis must be an array of numbers, got dtype {d.dtype}")
+        d = d.reshape(-1)
+        if d.size != n_vis:
+            raise ValueError(f"vis must have {n_vis} elements (one per visibility), got shape {np.shape(vis)}")
+        if not np.all(np.isfinite(d)):
+            raise ValueError("vis contains NaN or inf values")
+        try:
+            sig = np.asarray(sigma, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"sigma must be a finite scalar or one value per visibility, > 0; got {sigma!r}") from None
+        if sig.shape not in ((), (n_vis,)):
+            raise ValueError(f"sigma must be a scalar or have {n_vis} elements (one per visibility), got {sig.shape}")
+        if not np.all(np.isfinite(sig)) or np.any(sig <= 0):
+            raise ValueError("sigma must be finite and > 0 (per real and imaginary part)")
+        ref = float(np.median(sig))
+        w = np.ones(n_vis) if sig.ndim == 0 else (ref / sig) ** 2
+        total = float(w.sum())
+        beam = self.coverage.beam(w, self.image_grid, self.eps) / total
+        beam.flags.writeable = False
+        image = self.fourier_adjoint(w * d) / total
+        return DirtyImage(image=image, beam=beam, sigma=ref / math.sqrt(total))
 
     def normal_matrix(self, weights: np.ndarray, unknowns: Optional[np.ndarray] = None,
                       dense: bool = True) -> Union[np.ndarray, sp.csr_matrix]:

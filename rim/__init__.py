@@ -13,11 +13,14 @@ from typing import Optional, Union
 import torch
 
 from .model import RIM, RIMConfig
-from .physics import BatchedOperator
+from .physics import BatchedOperator, BatchedVisibilityOperator
 
 WEIGHTS = Path(__file__).resolve().parent / "weights" / "rim_realistic.pt"
+#: weights trained on interferometric data (the alma preset; see their model card)
+ALMA_WEIGHTS = WEIGHTS.with_name("rim_alma.pt")
 
-__all__ = ["RIM", "RIMConfig", "BatchedOperator", "load_pretrained", "resolve_device", "WEIGHTS"]
+__all__ = ["RIM", "RIMConfig", "BatchedOperator", "BatchedVisibilityOperator", "load_pretrained", "resolve_device",
+           "WEIGHTS", "ALMA_WEIGHTS"]
 
 _DEVICE_TYPES = ("cpu", "cuda", "mps")
 

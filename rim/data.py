@@ -13,7 +13,10 @@ across data-parallel ranks without overlap.
 Lensing matrices L are built (or read) in the DataLoader's worker processes
 (F L is never formed: the blur runs as a convolution on the device); the
 collate function returns numpy arrays, and :func:`to_device` makes the
-block-diagonal torch operator in the training process.
+block-diagonal torch operator in the training process. Interferometric lenses
+(the ``alma`` preset) come as their dirty image, dirty beam and dirty-image
+noise (:meth:`lensinv.Observation.dirty`) with ``L`` and the primary beam, and
+become a :class:`rim.physics.BatchedVisibilityOperator`.
 """
 
 from __future__ import annotations
@@ -25,9 +28,10 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from lensinv.observation import Observation
 from lensinv.simulate import SimulationConfig, simulate
 
-from .physics import BatchedOperator
+from .physics import BatchedOperator, BatchedVisibilityOperator
 
 
 @dataclass(frozen=True, eq=False)
@@ -35,7 +39,9 @@ class Sample:
     """What a training batch needs of one :class:`lensinv.Observation`, and no more: the arrays and
     the operator as a matrix (``L``, blurred by ``psf`` on the device; or a stored ``F L`` with
     ``psf`` None), cheap to send from DataLoader workers. Not a second observation record: the
-    lens, grids and metadata stay in the Observation."""
+    lens, grids and metadata stay in the Observation. Interferometric data: ``image`` is the
+    dirty image, ``sigma`` its noise, ``beam`` the normalised dirty beam (float32) and
+    ``primary_beam`` the primary beam (None: 1)."""
 
     index: int
     source: np.ndarray
@@ -43,6 +49,20 @@ class Sample:
     sigma: float
     matrix: sp.csr_matrix  # L (blurred by psf) or an already formed F L (psf None)
     psf: Optional[np.ndarray]
+    beam: Optional[np.ndarray] = None
+    primary_beam: Optional[np.ndarray] = None
+
+
+def sample(obs: Observation) -> Sample:
+    """The :class:`Sample` of an observation (a simulation or a stored lens)."""
+    if obs.coverage is not None:
+        d = obs.dirty()
+        return Sample(obs.index, obs.source, d.image, d.sigma, obs.op.L, None, d.beam.astype(np.float32),
+                      obs.primary_beam)
+    if obs.stored_matrix is not None:
+        return Sample(obs.index, obs.source, obs.image, obs.sigma, obs.stored_matrix, None)
+    op = obs.operator()
+    return Sample(obs.index, obs.source, obs.image, obs.sigma, op.L, op.psf)
 
 
 class StreamDataset(torch.utils.data.Dataset):
@@ -55,8 +75,7 @@ class StreamDataset(torch.utils.data.Dataset):
         return 2**62
 
     def __getitem__(self, i: int) -> Sample:
-        sim = simulate(self.offset + int(i), self.seed, self.config)
-        return Sample(sim.index, sim.source, sim.image, sim.sigma, sim.op.L, sim.op.psf)
+        return sample(simulate(self.offset + int(i), self.seed, self.config))
 
 
 class FileDataset(torch.utils.data.Dataset):
@@ -71,11 +90,7 @@ class FileDataset(torch.utils.data.Dataset):
         return len(self.ds)
 
     def __getitem__(self, i: int) -> Sample:
-        ex = self.ds[int(i)]
-        if ex.stored_matrix is not None:
-            return Sample(ex.index, ex.source, ex.image, ex.sigma, ex.stored_matrix, None)
-        op = ex.operator()
-        return Sample(ex.index, ex.source, ex.image, ex.sigma, op.L, op.psf)
+        return sample(self.ds[int(i)])
 
 
 class StepBatches(torch.utils.data.Sampler):
@@ -114,15 +129,23 @@ class StepBatches(torch.utils.data.Sampler):
 def collate(samples: list[Sample]) -> dict:
     return {"index": np.array([s.index for s in samples]), "source": np.stack([s.source for s in samples]),
             "image": np.stack([s.image for s in samples]), "sigma": np.array([s.sigma for s in samples]),
-            "matrices": [s.matrix for s in samples], "psfs": [s.psf for s in samples]}
+            "matrices": [s.matrix for s in samples], "psfs": [s.psf for s in samples],
+            "beams": [s.beam for s in samples], "primary_beams": [s.primary_beam for s in samples]}
 
 
 def to_device(batch: dict, image_n: int, source_n: int, device: Any) -> tuple:
-    """``(source, image, sigma, BatchedOperator)`` tensors on ``device``. Noise-free lenses (sigma 0)
-    get sigma 1: with the RIM's normalised gradient a uniform sigma's value does not matter."""
+    """``(source, image, sigma, op)`` tensors on ``device``, ``op`` a :class:`BatchedOperator` (or a
+    :class:`BatchedVisibilityOperator` for interferometric lenses, ``image`` their dirty images).
+    Noise-free lenses (sigma 0) get sigma 1: with the RIM's normalised gradient a uniform sigma's
+    value does not matter."""
     src = torch.as_tensor(batch["source"], dtype=torch.float32, device=device)
     img = torch.as_tensor(batch["image"], dtype=torch.float32, device=device)
     sig = torch.as_tensor(batch["sigma"], dtype=torch.float32, device=device)
     sig = torch.where(sig > 0, sig, torch.ones_like(sig))
-    op = BatchedOperator.from_scipy(batch["matrices"], image_n, source_n, device=device, psfs=batch["psfs"])
+    beams = batch.get("beams") or [None]
+    if beams[0] is not None:
+        op = BatchedVisibilityOperator.from_scipy(batch["matrices"], beams, image_n, source_n, device=device,
+                                                  primary_beams=batch["primary_beams"])
+    else:
+        op = BatchedOperator.from_scipy(batch["matrices"], image_n, source_n, device=device, psfs=batch["psfs"])
     return src, img, sig, op

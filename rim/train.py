@@ -41,9 +41,9 @@ class TrainConfig:
     Parameters
     ----------
     preset : str
-        Observation preset for generated data (``realistic``, ``magnet`` or ``galaxies``: real
-        galaxies of the training split mixed with procedural sources; presets drawing validation
-        galaxies are refused).
+        Observation preset for generated data (``realistic``, ``magnet``, ``galaxies``: real
+        galaxies of the training split mixed with procedural sources, or ``alma``: those sources
+        observed as ALMA-like visibilities; presets drawing validation galaxies are refused).
     data : str or None
         HDF5 data set(s) (comma-separated) made by build_operators.py; None
         streams freshly simulated lenses.
@@ -374,7 +374,8 @@ def train(config: TrainConfig, out: Path, device: str = "cpu", resume: bool = Fa
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
 
-    sim_config = _simulation_config(config.preset)
+    # the preset's simulation (its source model may load the real-galaxy file): only where lenses are simulated
+    sim_config = _simulation_config(config.preset) if not config.data or config.val_lenses > 0 else None
     if config.data:
         dataset = FileDataset(config.data.split(","))
         from lensinv.simulate import uses_validation_galaxies

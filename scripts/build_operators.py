@@ -11,9 +11,15 @@ Real galaxies (lensinv.galaxies; the Galaxy Zoo file under ../shared/data or $LE
     python scripts/build_operators.py --n 160 --seed 9 --out data/val.h5 --preset validation          # comparison
     python scripts/build_operators.py --n 160 --seed 9 --out data/val-fixed.h5 --preset validation-fixed
 
+ALMA-like visibilities (lensinv.uv; finufft needed), stored per lens with their dirty image and the uv
+coverage once per file (data-set format 3):
+
+    python scripts/build_operators.py --n 16 --seed 7 --out data/alma-val.h5 --preset alma
+
 --preset sets the observation and its default sources (galaxies: realistic PSF and noise, real galaxies
 of the training split mixed half and half with procedural ones; validation: the same observation of the
-80 validation galaxies; validation-fixed: PSF 0.08 arcsec, peak S/N 50); --sources overrides them.
+80 validation galaxies; validation-fixed: PSF 0.08 arcsec, peak S/N 50; alma: the galaxies sources observed
+by an ALMA-like array, dirty-image peak S/N 10-200); --sources overrides them.
 
 Deterministic (lens i draws from the stream (seed, i), whatever --workers is) and
 resumable: rerun the same command after an interruption and it finishes the file
@@ -56,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="observation preset and its default sources: realistic (HST-like PSF and noise), magnet "
                          "(the seed's noise-free, PSF-free images), galaxies (realistic, real training galaxies + "
                          "procedural), validation (realistic, validation galaxies), validation-fixed (PSF 0.08\", "
-                         "S/N 50, validation galaxies)")
+                         "S/N 50, validation galaxies), alma (ALMA-like visibilities of the galaxies sources)")
     ap.add_argument("--sources", default=None,
                     help=f"sources instead of the preset's: one of {', '.join(SOURCE_SPECS)}, or galaxy images "
                          "(folder of FITS/PNG/JPEG, .npy/.npz or .h5 array)")

@@ -11,6 +11,13 @@ instead of --data: the lenses are built first into OUT/data.h5 (resumable; the r
 
 (the same as build_operators.py --preset validation[-fixed] --n 160 --seed 0 --out D.h5, then --data D.h5).
 
+On interferometric data (the alma preset: ALMA-like visibilities, lensinv.uv), the RIM runs on the
+visibilities' dirty image and beam (default weights rim/weights/rim_alma.pt) and Warren-Dye is the
+evidence-optimised uv-plane inversion of every visibility (--mask does not apply):
+
+    python scripts/build_operators.py --preset alma --n 16 --seed 7 --out results/alma/val.h5
+    python scripts/compare_baselines.py --data results/alma/val.h5 --forms gradient,curvature --out results/alma/cmp
+
 Writes OUT/summary.md, OUT/summary.json, OUT/metrics.csv and figures: examples.png (the seed's
 Figure 2 layout: observed, reconstruction, truth and residual per method; none with --examples 0),
 flux.png (the seed's Figure 3: true against reconstructed flux with the 1:1 line), rmse_hist.png
@@ -69,20 +76,26 @@ def reconstruct_all(model, op, image: np.ndarray, sigma: float, forms: tuple[str
     """RIM, Warren-Dye (each regularization) and RIM+WD reconstructions of one lens.
 
     RIM+WD: the RIM's estimate as the prior mean of an evidence-optimised Warren-Dye inversion, the
-    regularization among ``rim_wd_forms`` chosen by evidence (its time includes the RIM's)."""
+    regularization among ``rim_wd_forms`` chosen by evidence (its time includes the RIM's).
+    Complex ``image`` (visibilities, ``op`` a VisibilityOperator): the uv-plane inversion of every
+    visibility (no arc mask)."""
     out = []
     t0 = time.perf_counter()
     rim_source = model.reconstruct(op, image, sigma if sigma > 0 else 1.0)
     t_rim = time.perf_counter() - t0
     out.append(Reconstruction("RIM", rim_source, t_rim))
-    wd = baselines.warren_dye_setup(image, sigma, mask=use_mask)
+    if np.iscomplexobj(image):
+        wd_sigma, wd_mask = sigma, None
+    else:
+        wd = baselines.warren_dye_setup(image, sigma, mask=use_mask)
+        wd_sigma, wd_mask = wd.sigma, wd.mask
     for form in forms:
         t0 = time.perf_counter()
-        res = baselines.invert(op, image, wd.sigma, regularization=form, mask=wd.mask)
+        res = baselines.invert(op, image, wd_sigma, regularization=form, mask=wd_mask)
         out.append(Reconstruction(f"WD-{form}", res.source, time.perf_counter() - t0))
     if rim_wd_forms:
         t0 = time.perf_counter()
-        res = baselines.invert_by_evidence(op, image, wd.sigma, forms=rim_wd_forms, mask=wd.mask, prior_mean=rim_source)
+        res = baselines.invert_by_evidence(op, image, wd_sigma, forms=rim_wd_forms, mask=wd_mask, prior_mean=rim_source)
         out.append(Reconstruction("RIM+WD", res.source, t_rim + time.perf_counter() - t0))
     return out
 
@@ -109,7 +122,7 @@ def summarise(rows: list[dict], methods: list[str]) -> dict:
 
 
 def write_summary(path: Path, summary: dict, n: int, device: str, data: str, checkpoint: str, mask: bool,
-                  failed: list[dict] = (), examples: bool = True) -> None:
+                  failed: list[dict] = (), examples: bool = True, visibilities: bool = False) -> None:
     names = {"rmse": "source RMSE", "ssim": "SSIM", "flux_error": "|flux error|", "chi2_per_pixel": "chi2/N",
              "seconds": f"time per lens (s, {device})"}
     lines = [f"# RIM versus Warren-Dye on {n} test lenses", "",
@@ -122,10 +135,14 @@ def write_summary(path: Path, summary: dict, n: int, device: str, data: str, che
             s = stats[k]
             cells.append("n/a" if s is None else f"{s['median']:.4g} ({s['q25']:.3g}-{s['q75']:.3g})")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    if visibilities:
+        data_words = ("chi2/N of the reconstruction's model visibilities against the data, per real datum (real "
+                      "and imaginary parts). Warren-Dye: evidence-optimised in the uv plane on every visibility; ")
+    else:
+        data_words = ("chi2/N of the reconstruction's image against the data (n/a for noise-free data). "
+                      f"Warren-Dye: evidence-optimised, {'on a data-driven arc mask' if mask else 'on all pixels'}; ")
     lines += ["", "RMSE per pixel of peak-normalised sources; |flux error| relative to the true total flux; "
-              "chi2/N of the reconstruction's image against the data (n/a for noise-free data). "
-              f"Warren-Dye: evidence-optimised, {'on a data-driven arc mask' if mask else 'on all pixels'}; "
-              "RIM: its final estimate."]
+              + data_words + "RIM: its final estimate."]
     if failed:
         lines += ["", f"Failed ({len(failed)} lenses, not in the statistics; also failed.csv):", ""]
         lines += [f"- lens at position {f['position']} of the data set: {f['error']}" for f in failed]
@@ -154,7 +171,8 @@ def example_figure(out: Path, examples: list, methods: list[str], extent_src, ex
     for r, (ex, recs) in enumerate(examples):
         # one colour scale per row: the truth's for sources, the largest residual's for residuals
         lim = max(max(float(np.abs(rec.source - ex.source).max()) for rec in recs), 1e-6)
-        panels = [(ex.image, extent_img, "observed", "magma"), (ex.source, extent_src, "truth", "magma")]
+        observed = "observed" if ex.visibilities is None else "dirty image"
+        panels = [(ex.image, extent_img, observed, "magma"), (ex.source, extent_src, "truth", "magma")]
         for rec in recs:
             panels.append((rec.source, extent_src, rec.method, "magma"))
             panels.append((rec.source - ex.source, extent_src, f"{rec.method} - truth", "RdBu_r"))
@@ -231,10 +249,10 @@ def compare_lens(ds: LensDataset, i: int, model, forms: tuple[str, ...], use_mas
     """Metrics rows and reconstructions of lens ``i`` (raises for a bad lens)."""
     ex = ds[i]
     op = ex.operator()
-    recs = reconstruct_all(model, op, ex.image, ex.sigma, forms, use_mask, rim_wd_forms)
+    recs = reconstruct_all(model, op, ex.data, ex.sigma, forms, use_mask, rim_wd_forms)
     rows = [{"lens": ex.index, "method": rec.method, "snr": ex.snr, "psf_fwhm": ex.psf_fwhm,
              "theta_E": ex.lens.components[0].theta_E, "true_flux": float(ex.source.sum()),
-             "flux": float(rec.source.sum()), **lens_metrics(rec, ex.source, op, ex.image, ex.sigma)}
+             "flux": float(rec.source.sum()), **lens_metrics(rec, ex.source, op, ex.data, ex.sigma)}
             for rec in recs]
     return ex, recs, rows
 
@@ -310,7 +328,9 @@ def main(argv: list[str] | None = None) -> int:
         args.data = str(data)
     try:
         ds = LensDataset(args.data)
-        model = rim.load_pretrained(args.checkpoint, device=args.device)
+        visibilities = getattr(ds, "coverage", None) is not None  # interferometric data (format 3)
+        default = rim.ALMA_WEIGHTS if visibilities else rim.WEIGHTS
+        model = rim.load_pretrained(args.checkpoint or default, device=args.device)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -347,12 +367,12 @@ def main(argv: list[str] | None = None) -> int:
     methods = list(dict.fromkeys(r["method"] for r in rows))
     n_ok = len({r["lens"] for r in rows})
     summary = summarise(rows, methods)
-    ckpt = args.checkpoint or str(rim.WEIGHTS.relative_to(Path(rim.__file__).resolve().parents[1]))
+    ckpt = args.checkpoint or str(default.relative_to(Path(rim.__file__).resolve().parents[1]))
     write_text_atomic(args.out / "summary.json", json.dumps(
         {"n_lenses": n_ok, "n_requested": n, "n_failed": len(failed), "failed": failed, "interrupted": interrupted,
          "data": args.data, "checkpoint": ckpt, "device": args.device, "methods": summary}, indent=2))
     write_summary(args.out / "summary.md", summary, n_ok, args.device, args.data, ckpt, args.mask, failed,
-                  examples=bool(examples))
+                  examples=bool(examples), visibilities=visibilities)
     if rows:
         figures(args.out, examples, rows, methods, ds.source_grid.extent, ds.image_grid.extent)
     print((args.out / "summary.md").read_text().split("\n\n![")[0])

@@ -10,6 +10,12 @@ Checkpoints (model, optimiser, scheduler, RNG states, config, step) go to OUT/ch
 losses and validation RMSE to OUT/log.csv (and TensorBoard under OUT/tb when installed).
 
 --resume continues OUT/checkpoint.pt (an error if there is none, or if it is already at --steps).
+--preset alma trains the same network on simulated ALMA-like visibilities (the RIM's likelihood gradient
+from their dirty image and beam; docs/visibilities.md), e.g. from the imaging weights:
+
+    python scripts/train_rim.py --device cpu --preset alma --init rim/weights/rim_realistic.pt --rim-steps 6 \
+        --embed 16 --hidden1 64 --hidden2 16 --batch 4 --out runs/alma
+
 --preset galaxies trains on real galaxies (lensinv.galaxies: the training split of the Galaxy Zoo file,
 never its validation split; data files made from validation galaxies are refused) mixed with procedural
 sources. The model, data, --preset, --seed and --batch must match the checkpoint; the optimisation settings
@@ -42,10 +48,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="continue from OUT/checkpoint.pt (required to exist); new --lr/--decay-*/--clip apply from "
                          "the resumed step and are recorded")
     ap.add_argument("--data", default=None, help="HDF5 file(s), comma-separated; default: simulate on the fly")
-    ap.add_argument("--preset", default=d.preset, choices=["realistic", "magnet", "galaxies"],
-                    help="simulated data: realistic (procedural sources), magnet (the seed's noise-free set) or "
+    ap.add_argument("--preset", default=d.preset, choices=["realistic", "magnet", "galaxies", "alma"],
+                    help="simulated data: realistic (procedural sources), magnet (the seed's noise-free set), "
                          "galaxies (realistic observations of real galaxies of the training split, half of them, "
-                         "and procedural sources; the validation galaxies are never drawn)")
+                         "and procedural sources; the validation galaxies are never drawn) or alma (the galaxies "
+                         "sources observed as ALMA-like visibilities; the same model class runs on their dirty "
+                         "image and beam)")
     ap.add_argument("--seed", type=int_at_least(0), default=d.seed, help=">= 0")
     ap.add_argument("--batch", type=int_at_least(1), default=d.batch, help="lenses per step per process (>= 1)")
     ap.add_argument("--steps", type=int_at_least(1), default=d.steps, help="total optimisation steps (>= 1)")
