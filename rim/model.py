@@ -312,7 +312,7 @@ class RIM(nn.Module):
         if sig.ndim and sig.size == d.size and np.all(np.isfinite(sig)) and np.all(sig > 0):
             sig = _relative_sigma(sig.reshape(-1), self.MIN_RELATIVE_SIGMA) * float(np.median(sig))
         dirty = op.dirty(d, sig)  # checks vis and sigma
-        scale = _robust_scale(dirty.image)
+        scale = float(robust_scale(torch.as_tensor(dirty.image)[None])[0])
         if scale == 0:
             log.warning("the visibilities are all zero (a zero dirty image): returning a zero source")
             return np.zeros((c.source_n, c.source_n))
@@ -365,9 +365,10 @@ def robust_scale(images: torch.Tensor) -> torch.Tensor:
     return torch.where(scale > 0, scale, a.flatten(1).amax(dim=1))
 
 
-def data_scale(images: torch.Tensor) -> torch.Tensor:
+def data_scale(images: torch.Tensor, visibilities: bool = False) -> torch.Tensor:
     """The factor ``k`` (``(B,)``, > 0) by which the RIM divides images, sigma and sources so that the
-    network sees data at :attr:`RIM.DATA_SCALE`: ``robust_scale(images) / DATA_SCALE``, and 1 for an
-    all-zero image. Training and :meth:`RIM.reconstruct` use the same normalisation."""
-    k = robust_scale(images) / RIM.DATA_SCALE
+    network sees data at :attr:`RIM.DATA_SCALE` (dirty images of visibilities, ``visibilities=True``:
+    at :attr:`RIM.VIS_DATA_SCALE`): ``robust_scale(images) / DATA_SCALE``, and 1 for an all-zero
+    image. Training and :meth:`RIM.reconstruct` use the same normalisation."""
+    k = robust_scale(images) / (RIM.VIS_DATA_SCALE if visibilities else RIM.DATA_SCALE)
     return torch.where(k > 0, k, torch.ones_like(k))

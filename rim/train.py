@@ -28,6 +28,7 @@ from lensinv.io import atomic_path, write_text_atomic
 
 from .data import FileDataset, StepBatches, StreamDataset, collate, to_device
 from .model import RIM, RIMConfig, data_scale
+from .physics import BatchedVisibilityOperator
 
 log = logging.getLogger(__name__)
 
@@ -255,11 +256,13 @@ def _schedule(config: TrainConfig) -> Callable[[int], float]:
     return lambda step: config.decay_rate ** (step / config.decay_steps)
 
 
-def normalised(src: torch.Tensor, img: torch.Tensor, sig: torch.Tensor,
-               normalize: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(src / k, img / k, sig / k, k)`` with ``k = data_scale(img)`` per lens (``(B,)``), or the
-    inputs and ``k = 1`` when ``normalize`` is False. ``sig`` is ``(B,)`` or ``(B, n, n)``."""
-    k = data_scale(img) if normalize else torch.ones(img.shape[0], dtype=img.dtype, device=img.device)
+def normalised(src: torch.Tensor, img: torch.Tensor, sig: torch.Tensor, normalize: bool,
+               visibilities: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(src / k, img / k, sig / k, k)`` with ``k = data_scale(img, visibilities)`` per lens
+    (``(B,)``; ``img`` the dirty images for visibilities), or the inputs and ``k = 1`` when
+    ``normalize`` is False. ``sig`` is ``(B,)`` or ``(B, n, n)``."""
+    k = (data_scale(img, visibilities) if normalize
+         else torch.ones(img.shape[0], dtype=img.dtype, device=img.device))
     kk = k[:, None, None]
     return src / kk, img / kk, sig / (kk if sig.dim() == 3 else k), k
 
@@ -273,7 +276,7 @@ def validate(model: RIM, batches: list[dict], device, normalize: bool = True) ->
     with torch.no_grad():
         for b in batches:
             src, img, sig, op = to_device(b, model.config.image_n, model.config.source_n, device)
-            _, img_n, sig_n, k = normalised(src, img, sig, normalize)
+            _, img_n, sig_n, k = normalised(src, img, sig, normalize, isinstance(op, BatchedVisibilityOperator))
             est = model(img_n, op, sig_n)[-1] * k[:, None, None]
             rmses.extend(((est - src) ** 2).mean(dim=(1, 2)).sqrt().tolist())
     model.train(was)
@@ -427,7 +430,7 @@ def train(config: TrainConfig, out: Path, device: str = "cpu", resume: bool = Fa
             if step >= config.steps:
                 break
             src, img, sig, op = to_device(batch, config.model.image_n, config.model.source_n, dev)
-            src, img, sig, _ = normalised(src, img, sig, config.normalize)
+            src, img, sig, _ = normalised(src, img, sig, config.normalize, isinstance(op, BatchedVisibilityOperator))
             with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=use_amp):
                 ests = net(img, op, sig)
                 loss = sum(((e.float() - src) ** 2).sum(dim=(1, 2)).mean() for e in ests)

@@ -120,8 +120,8 @@ def test_reconstruct_is_unit_equivariant_on_visibilities(rng, tiny_rim):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * np.abs(a).max())
     # it runs the batched physics: the same as forward on the dirty image
     d = op.dirty(vis[0], sigma)
-    from rim.model import _robust_scale
-    k = _robust_scale(d.image) / tiny_rim.VIS_DATA_SCALE
+    from rim.model import data_scale  # the normalisation training uses on dirty images
+    k = float(data_scale(torch.as_tensor(d.image)[None], visibilities=True)[0])
     bop = BatchedVisibilityOperator.from_scipy([op.L], [d.beam], IMG.n, SRC.n, primary_beams=[op.primary_beam])
     with torch.no_grad():
         est = tiny_rim(torch.as_tensor(d.image / k, dtype=torch.float32)[None], bop, torch.ones(1))[-1]
