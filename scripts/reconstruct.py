@@ -7,10 +7,13 @@
         --sigma 0.02 --psf-fwhm 0.08 --method warren-dye --out results/obs1
 
 Interferometric data: --visibilities FILE (.npz, uvfits or a measurement set; lensinv.uv) with --lens
-reconstructs the source from the visibilities (Warren-Dye in the uv plane; the lens is not fitted from
-visibilities) on an --image-n x --pixel-scale sky grid (default 192 x 0.04 arcsec; refused if it
-under-samples the longest baseline), optionally through a Gaussian primary beam (--dish-diameter),
-with the same outputs as for an image (fit.json's chi2_per_pixel is then per real datum).
+reconstructs the source from the visibilities (the lens is not fitted from visibilities) on an
+--image-n x --pixel-scale sky grid (default 192 x 0.04 arcsec; refused if it under-samples the
+longest baseline), optionally through a Gaussian primary beam (--dish-diameter), with the same
+outputs as for an image (fit.json's chi2_per_pixel is then per real datum). --method warren-dye
+inverts every visibility in the uv plane; rim runs a RIM trained on visibilities (--checkpoint, from
+train_rim.py --preset alma; its sky grid is fixed by its weights) on their dirty image and beam;
+rim+wd takes that estimate as the prior mean of the uv-plane inversion.
 
     python scripts/reconstruct.py --visibilities obs.uvfits --lens "theta_E=0.9,q=0.8,phi=0.3" \
         --method warren-dye --out results/alma1
@@ -725,6 +728,27 @@ def visibility_chi2(vis: np.ndarray, model: np.ndarray, sigma: np.ndarray) -> fl
     return float(np.sum(r.real**2 + r.imag**2))
 
 
+def load_visibility_rim(args, grid: lensinv.ImageGrid):
+    """The RIM for visibilities: ``--checkpoint`` or the shipped alma weights, checked against the
+    sky grid (the model's image grid is fixed by its weights, at 0.04 arcsec) and ``--source-n``."""
+    import rim
+
+    path = rim.ALMA_WEIGHTS if args.checkpoint is None else Path(args.checkpoint)
+    if args.checkpoint is None and not path.exists():
+        raise ValueError(f"--method {args.method}: no RIM weights for visibilities ship with this version "
+                         f"({path.name}); train them (train_rim.py --preset alma) and pass --checkpoint, or use "
+                         "--method warren-dye")
+    net = rim.load_pretrained(path)
+    c = net.config
+    if grid.n != c.image_n or not math.isclose(grid.pixel_scale, 0.04, rel_tol=1e-6):
+        raise ValueError(f"--image-n {grid.n} / --pixel-scale {grid.pixel_scale:g} do not fit the RIM, whose sky grid "
+                         f"is {c.image_n} x 0.04 arcsec; omit them or use --method warren-dye")
+    if args.source_n is not None and args.source_n != c.source_n:
+        raise ValueError(f"--source-n {args.source_n} does not fit the RIM, whose source grid is {c.source_n} "
+                         "pixels per side; omit --source-n or use --method warren-dye")
+    return net
+
+
 def run_visibilities(args) -> int:
     """Reconstruct the source from visibilities with the given lens; writes the imaging outputs.
 
@@ -756,15 +780,22 @@ def run_visibilities(args) -> int:
                          f"({umax:.4g} wavelengths > {nyquist:.4g}): the model would alias; use pixels below "
                          f"{0.5 / umax / ARCSEC:.4g} arcsec")
     lens = args.lens_model
-    if args.method in ("rim", "rim+wd"):
-        raise ValueError(f"--method {args.method}: no RIM for visibilities is available here; use --method "
-                         "warren-dye")
-    source_grid = lensinv.SourceGrid(64 if args.source_n is None else args.source_n,
-                                     1.5 if args.source_fov is None else args.source_fov)
+    net = load_visibility_rim(args, grid) if args.method in ("rim", "rim+wd") else None
+    source_n = net.config.source_n if net is not None else 64 if args.source_n is None else args.source_n
+    source_grid = lensinv.SourceGrid(source_n, 1.5 if args.source_fov is None else args.source_fov)
     op = lensinv.visibility_operator(lens, data.coverage, grid, source_grid, primary_beam=pb)
-    res = baselines.invert(op, data.vis, data.sigma, regularization=args.regularization)
-    source, log_ev = res.source, float(res.log_evidence)
-    extra = {"REGUL": args.regularization, "LAMBDA": res.lam, "LOGEV": res.log_evidence}
+    log_ev, extra = math.nan, {}
+    if net is not None:
+        source = net.reconstruct(op, data.vis, data.sigma)
+        extra["CKPT"] = str(args.checkpoint or "shipped (alma)")
+    if args.method == "warren-dye":
+        res = baselines.invert(op, data.vis, data.sigma, regularization=args.regularization)
+    elif args.method == "rim+wd":  # the RIM estimate as the prior mean, form chosen by evidence
+        res = baselines.invert_by_evidence(op, data.vis, data.sigma, forms=("gradient", "curvature"),
+                                           prior_mean=source)
+    if args.method != "rim":
+        source, log_ev = res.source, float(res.log_evidence)
+        extra.update({"REGUL": res.regularization, "LAMBDA": res.lam, "LOGEV": res.log_evidence})
     model = op.apply(source)
     n_real = 2 * data.n_vis
     chi2 = visibility_chi2(data.vis, model, data.sigma)

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
+import sys
+from pathlib import Path
+from types import ModuleType
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -72,3 +77,29 @@ def refused(main, argv, capsys, *words) -> str:
     for w in words:
         assert w in err, err
     return err
+
+
+def script_module(name: str) -> ModuleType:
+    """Import ``scripts/<name>.py`` of this checkout as a module (scripts are not a package)."""
+    scripts = str(Path(__file__).resolve().parents[1] / "scripts")
+    sys.path.insert(0, scripts)
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(scripts)
+
+
+def tiny_rim_checkpoint(path: Path, image_n: int, source_n: int) -> Path:
+    """An untrained tiny RIM (T = 2, 4 channels, seeded) for ``image_n`` x 0.04 arcsec images and
+    ``source_n`` source pixels, saved as a train_rim.py checkpoint at ``path``."""
+    import torch
+
+    from rim import RIM, RIMConfig
+    from rim.train import TrainConfig, save_checkpoint
+
+    torch.manual_seed(0)
+    cfg = RIMConfig(steps=2, embed=4, hidden1=4, hidden2=4, kernel=3, source_n=source_n, image_n=image_n)
+    model = RIM(cfg)
+    opt = torch.optim.Adam(model.parameters())
+    save_checkpoint(path, model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0), 1, TrainConfig(model=cfg))
+    return path

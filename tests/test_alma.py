@@ -1,11 +1,8 @@
 """The alma preset: simulated ALMA-like visibilities, their data sets (format 3), training the RIM
 on them and compare_baselines.py on them (a tiny interferometer and grids, so each test is fast)."""
 
-import importlib
 import json
 import math
-import sys
-from pathlib import Path
 
 import h5py
 import numpy as np
@@ -25,7 +22,8 @@ from rim.data import collate, sample, to_device  # noqa: E402
 from rim.physics import BatchedVisibilityOperator  # noqa: E402
 from rim.train import TrainConfig, load_checkpoint, save_checkpoint, train  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+from .conftest import script_module
+
 SMALL_ARRAY = InterferometerConfig(configuration="compact", n_antennas=8, hour_angle=(-1.0, 1.0),
                                    integration_time=1800.0, frequencies=(224e9, 240e9))
 # named alma so that the trainer accepts its files as alma data
@@ -156,11 +154,7 @@ def test_a_tiny_training_run_on_alma_data(data, tmp_path):
 
 @pytest.fixture(scope="module")
 def cmp():
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        yield importlib.import_module("compare_baselines")
-    finally:
-        sys.path.remove(str(ROOT / "scripts"))
+    return script_module("compare_baselines")
 
 
 def test_compare_baselines_on_visibilities(cmp, data, tmp_path):

@@ -2,9 +2,7 @@
 
 import csv
 import dataclasses
-import importlib
 import json
-import sys
 from pathlib import Path
 
 import h5py
@@ -18,18 +16,15 @@ from lensinv.simulate import ObservationPreset, SimulationConfig
 from rim import RIM, RIMConfig
 from rim.train import TrainConfig, save_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
+from .conftest import script_module
+
 TINY = ObservationPreset(name="tiny", image_grid=lensinv.ImageGrid(32, 0.1), source_grid=lensinv.SourceGrid(16, 1.5),
                          supersample=2, psf_fwhm=(0.1, 0.2), psf_size=5, snr=(20.0, 100.0))
 
 
 @pytest.fixture(scope="module")
 def cmp():
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        yield importlib.import_module("compare_baselines")
-    finally:
-        sys.path.remove(str(ROOT / "scripts"))
+    return script_module("compare_baselines")
 
 
 @pytest.fixture(scope="module")

@@ -1,43 +1,25 @@
 """reconstruct.py on hostile input: earlier results, bad flags, odd images (in-process, tiny grids)."""
 
-import importlib
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
-import torch
 from astropy.io import fits
 
 import lensinv
-from rim import RIM, RIMConfig
-from rim.train import TrainConfig, save_checkpoint
 
-from .conftest import refused
+from .conftest import refused, script_module, tiny_rim_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
 LENS = "theta_E=0.35,q=0.8,phi=0.4,gamma=0.02,gamma_phi=1.0"
 N_IMG, N_SRC, FOV = 32, 16, 0.6  # 32 x 0.04 arcsec images, as the tiny RIM below expects
 
 
 @pytest.fixture(scope="module")
 def rec():
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        yield importlib.import_module("reconstruct")
-    finally:
-        sys.path.remove(str(ROOT / "scripts"))
+    return script_module("reconstruct")
 
 
 @pytest.fixture(scope="module")
 def tiny_rim(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ck") / "tiny.pt"
-    torch.manual_seed(0)
-    cfg = RIMConfig(steps=2, embed=4, hidden1=4, hidden2=4, kernel=3, source_n=N_SRC, image_n=N_IMG)
-    model = RIM(cfg)
-    opt = torch.optim.Adam(model.parameters())
-    save_checkpoint(path, model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0), 1, TrainConfig(model=cfg))
-    return path
+    return tiny_rim_checkpoint(tmp_path_factory.mktemp("ck") / "tiny.pt", N_IMG, N_SRC)
 
 
 @pytest.fixture(scope="module")

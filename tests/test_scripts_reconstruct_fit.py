@@ -7,10 +7,8 @@ each fit takes some seconds on one core.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -22,9 +20,8 @@ from scipy.signal import fftconvolve
 import lensinv
 from baselines import FitConfig
 
-from .conftest import refused
+from .conftest import refused, script_module
 
-ROOT = Path(__file__).resolve().parents[1]
 N, SCALE = 48, 0.05
 IG = lensinv.ImageGrid(N, SCALE)
 PSF = lensinv.gaussian_psf(0.1, SCALE)
@@ -37,11 +34,7 @@ LENS_KEYS = {"theta_E", "q", "phi", "center_x", "center_y", "gamma", "gamma_phi"
 
 @pytest.fixture(scope="module")
 def rec():
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        mod = importlib.import_module("reconstruct")
-    finally:
-        sys.path.remove(str(ROOT / "scripts"))
+    mod = script_module("reconstruct")
     old = mod.FIT_CONFIG
     mod.FIT_CONFIG = QUICK
     yield mod
