@@ -340,7 +340,8 @@ class LensFit:
     timings : dict
         Seconds per stage and in total.
     hessian_ok : bool
-        Whether the curvature was negative definite (else the covariance is of its clipped form).
+        Whether the fitted curvature was negative definite (else its flat directions were given an
+        uncertainty of about three axis steps; see ``_covariance``).
     """
 
     lens: lensinv.Lens
@@ -760,52 +761,84 @@ def _full_grid(prob: _Problem, x: np.ndarray, space: _Space, geo: _Geometry, cfg
     return SourceGrid(n=cfg.source_n, fov=max(2.0 * half * cfg.source_margin, 4 * prob.grid.delta))
 
 
-def _hessian(prob: _Problem, stage: _Stage, x: np.ndarray, f0: float, h0: np.ndarray,
-             bounds) -> tuple[np.ndarray, np.ndarray]:
-    """Finite-difference Hessian of the log evidence at ``x``; the step of each parameter is adapted
-    until the evidence drops by about one nat either side. Returns (Hessian, steps)."""
+def _axis_steps(prob: _Problem, stage: _Stage, x: np.ndarray, f0: float, h0: np.ndarray,
+                lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, list]:
+    """Per parameter, a step at which the log evidence drops by about one nat either side of ``x``
+    (adapted from ``h0``). Returns the steps and the evaluations made ``[(dx, value), ...]``."""
     dim = x.size
-    lo = np.array([b[0] for b in bounds])
-    hi = np.array([b[1] for b in bounds])
     h = h0.copy()
-    fp, fm = np.zeros(dim), np.zeros(dim)
+    points = []
     for i in range(dim):
         for _ in range(4):
-            hi_ok = min(h[i], 0.999 * (hi[i] - x[i]), 0.999 * (x[i] - lo[i]))
-            h[i] = max(hi_ok, 1e-6)
+            h[i] = max(min(h[i], 0.999 * (hi[i] - x[i]), 0.999 * (x[i] - lo[i])), 1e-6)
             e = np.zeros(dim)
             e[i] = h[i]
-            fp[i], fm[i] = prob.log_evidence(x + e, stage), prob.log_evidence(x - e, stage)
-            drop = f0 - 0.5 * (fp[i] + fm[i])
+            fp, fm = prob.log_evidence(x + e, stage), prob.log_evidence(x - e, stage)
+            points += [(e, fp), (-e, fm)]
+            drop = f0 - 0.5 * (fp + fm)
             if not math.isfinite(drop) or drop <= 0:
                 h[i] *= 0.3
                 continue
             if 0.3 < drop < 3.0:
                 break
             h[i] *= min(max(math.sqrt(1.0 / drop), 0.2), 5.0)
-    H = np.zeros((dim, dim))
-    for i in range(dim):
-        H[i, i] = (fp[i] + fm[i] - 2 * f0) / h[i] ** 2
-    for i in range(dim):
-        for j in range(i + 1, dim):
-            e = np.zeros(dim)
-            e[i], e[j] = h[i], h[j]
-            fpp, fmm = prob.log_evidence(x + e, stage), prob.log_evidence(x - e, stage)
-            H[i, j] = H[j, i] = (fpp + fmm - fp[i] - fm[i] - fp[j] - fm[j] + 2 * f0) / (2 * h[i] * h[j])
-    return H, h
+    return h, points
 
 
-def _covariance(H: np.ndarray) -> tuple[np.ndarray, bool]:
-    """``(-H)^-1``, with eigenvalues of ``-H`` clipped to a positive floor where it is not positive
-    definite (then flagged)."""
-    A = -0.5 * (H + H.T)
-    if not np.all(np.isfinite(A)):
-        return np.full(A.shape, np.nan), False
+def _quadratic_design(u: np.ndarray) -> np.ndarray:
+    """Columns ``1, u_i, u_i u_j (i <= j)`` of a quadratic in ``u`` (rows are points)."""
+    dim = u.shape[1]
+    iu, ju = np.triu_indices(dim)
+    return np.hstack([np.ones((u.shape[0], 1)), u, u[:, iu] * u[:, ju]])
+
+
+def _curvature(prob: _Problem, stage: _Stage, x: np.ndarray, f0: float, h0: np.ndarray,
+               bounds, seed: int = 0, rounds: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """The Hessian of the log evidence at ``x`` from a least-squares quadratic through evaluations
+    spread over the region where it drops by a few nats.
+
+    The evidence of a pixelated source is not smooth on small scales (pixels enter and leave the
+    mask of traced rays), so central differences at one step are at the mercy of that noise; a
+    quadratic fitted to ``2 x`` as many scattered points as it has coefficients (plus the axis
+    steps found by :func:`_axis_steps`) averages it out. Where the fit is not negative definite
+    (a nearly flat direction, e.g. shear against ellipticity) another as many points are added, up
+    to ``rounds`` times. Returns (Hessian in the fitted parameters, the axis steps)."""
+    lo = np.array([b[0] for b in bounds])
+    hi = np.array([b[1] for b in bounds])
+    dim = x.size
+    h, points = _axis_steps(prob, stage, x, f0, h0, lo, hi)
+    n_coef = 1 + dim + dim * (dim + 1) // 2
+    rng = np.random.default_rng(seed)
+    iu, ju = np.triu_indices(dim)
+    for _ in range(rounds):
+        z = rng.normal(size=(2 * n_coef, dim))
+        z *= rng.uniform(0.3, 1.5, size=(len(z), 1)) * math.sqrt(dim) / 1.5 / np.linalg.norm(z, axis=1, keepdims=True)
+        for zk in z:
+            dx = np.clip(zk * h, lo - x, hi - x)
+            points.append((dx, prob.log_evidence(x + dx, stage)))
+        dx = np.array([p[0] for p in points] + [np.zeros(dim)])
+        f = np.array([p[1] for p in points] + [f0])
+        keep = np.isfinite(f) & (f > f0 - 50.0)
+        coef, *_ = np.linalg.lstsq(_quadratic_design(dx[keep] / h), f[keep], rcond=None)
+        A = np.zeros((dim, dim))
+        A[iu, ju] = coef[1 + dim:]
+        A = A + A.T  # d2f/du_i du_j: 2 c_ii on the diagonal, c_ij off it
+        if np.all(np.isfinite(A)) and np.linalg.eigvalsh(-A).min() > 0:
+            break
+    return A / np.outer(h, h), h
+
+
+def _covariance(H: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, bool]:
+    """``(-H)^-1``. Where ``-H`` is not positive definite its eigenvalues (in units of the axis
+    steps ``h``, where one nat is a curvature of about 2) are raised to 0.1, i.e. an uncertainty of at
+    most about three steps along an unconstrained direction, and the result is flagged."""
+    if not np.all(np.isfinite(H)):
+        return np.full(H.shape, np.nan), False
+    A = -0.5 * (H + H.T) * np.outer(h, h)
     e, U = np.linalg.eigh(A)
     ok = bool(e.min() > 0)
-    floor = max(e.max(), 1e-300) * 1e-8
-    e = np.maximum(e, floor)
-    return (U / e) @ U.T, ok
+    e = np.maximum(e, 0.1) if not ok else e
+    return ((U / e) @ U.T) * np.outer(h, h), ok
 
 
 def _report_std(space: _Space, x: np.ndarray, cov: np.ndarray) -> dict[str, float]:
@@ -973,9 +1006,9 @@ def fit_lens(image: np.ndarray, sigma: Union[float, np.ndarray], image_grid: Ima
         cov, hessian_ok = None, True
         params_std = {k: math.nan for k in space.report(x)}
         if config.uncertainties:
-            H, _ = _hessian(prob, replace(stage_final, name="uncertainties"), x, v, 0.1 * space.steps(x[0]),
-                            bounds)
-            cov, hessian_ok = _covariance(H)
+            H, h = _curvature(prob, replace(stage_final, name="uncertainties"), x, v, 0.1 * space.steps(x[0]),
+                              bounds)
+            cov, hessian_ok = _covariance(H, h)
             if not hessian_ok:
                 log.warning("the curvature of the log evidence is not negative definite at the optimum: "
                             "uncertainties are from its clipped form")
