@@ -8,6 +8,7 @@ pixels) with the lens unknown and no starting guess; each takes about 15 s on on
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -67,32 +68,10 @@ def _check_lens(fit, tol_sigma: float = 3.0, check_sigma: bool = True) -> None:
 # fits (slow-ish: one fit each)
 
 
-@pytest.mark.parametrize("seed", [1, 2])
-def test_fit_finds_lens_without_guess(seed):
-    image, sigma, _ = _simulate(seed)
-    calls = []
-    fit = fit_lens(image, sigma, IG, PSF, config=FAST, progress=calls.append)
-    _check_lens(fit)
-    assert set(fit.params) == {"theta_E", "q", "phi", "center_x", "center_y", "gamma", "gamma_phi"}
-    assert fit.hessian_ok and np.all(np.isfinite(list(fit.params_std.values())))
-    assert 0.8 < fit.chi2_per_pixel < 1.2
-    assert fit.n_pixels == IG.size and fit.inversion.source.shape == (20, 20)
-    assert len(calls) == sum(fit.evaluations.values()) and calls[-1].best_log_evidence >= fit.log_evidence - 1e-6
-    assert fit.timings["total"] > 0 and fit.lens_light is None
-
-
-def test_fit_with_lens_light_recovers_lens_and_light():
-    image, sigma, light_img = _simulate(3, light=True)
-    fit = fit_lens(image, sigma, IG, PSF, lens_light=MGELight(), config=FAST)
-    _check_lens(fit, check_sigma=False)
-    assert abs(fit.light_q - 0.8) < 0.03
-    # the light model matches the true light to well within the noise per pixel
-    assert np.sqrt(np.mean((fit.lens_light - light_img) ** 2)) < 0.5 * sigma
-    assert fit.light_amplitudes.shape == (12,)
-    assert 0.8 < fit.chi2_per_pixel < 1.2
-
-
-def test_bad_pixels_are_masked_and_do_not_bias():
+def test_fit_finds_lens_without_guess_and_ignores_bad_pixels():
+    """No starting guess; 40 pixels flagged bad by a huge noise value (the data's 1e8 convention),
+    5 of them NaN and the rest garbage, are masked and do not bias the fit (seed 2, without bad
+    pixels, also passes: dropped to keep the suite short)."""
     image, sigma, _ = _simulate(1)
     rng = np.random.default_rng(7)
     noise = np.full(image.shape, sigma)
@@ -101,9 +80,26 @@ def test_bad_pixels_are_masked_and_do_not_bias():
     image = image.copy()
     image.flat[bad] = 1e4 * sigma  # garbage where the noise map says "masked"
     image.flat[bad[:5]] = np.nan
-    fit = fit_lens(image, noise, IG, PSF, config=FAST)
+    calls = []
+    fit = fit_lens(image, noise, IG, PSF, config=FAST, progress=calls.append)
     assert fit.n_pixels == IG.size - 40 and not fit.mask.flat[bad].any()
     _check_lens(fit)
+    assert set(fit.params) == {"theta_E", "q", "phi", "center_x", "center_y", "gamma", "gamma_phi"}
+    assert fit.hessian_ok and np.all(np.isfinite(list(fit.params_std.values())))
+    assert 0.8 < fit.chi2_per_pixel < 1.2
+    assert fit.inversion.source.shape == (20, 20)
+    assert len(calls) == sum(fit.evaluations.values()) and calls[-1].best_log_evidence >= fit.log_evidence - 1e-6
+    assert fit.timings["total"] > 0 and fit.lens_light is None
+
+
+def test_fit_with_lens_light_recovers_lens_and_light():
+    image, sigma, light_img = _simulate(3, light=True)
+    fit = fit_lens(image, sigma, IG, PSF, lens_light=MGELight(), config=replace(FAST, uncertainties=False))
+    _check_lens(fit, check_sigma=False)
+    assert abs(fit.light_q - 0.8) < 0.03
+    # the light model matches the true light to well within the noise per pixel
+    assert np.sqrt(np.mean((fit.lens_light - light_img) ** 2)) < 0.5 * sigma
+    assert fit.light_amplitudes.shape == (12,)
     assert 0.8 < fit.chi2_per_pixel < 1.2
 
 
