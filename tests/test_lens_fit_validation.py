@@ -1,0 +1,76 @@
+"""benchmarks/lens_fit_validation.py: simulate, fit with the lens unknown, resume, shard, summarise
+(one small lens: 64 x 0.12 arcsec image, quick fit settings)."""
+
+import csv
+import importlib.util
+import json
+import math
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+import lensinv
+from baselines.lens_fit import FitConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def val():
+    spec = importlib.util.spec_from_file_location("lens_fit_validation", ROOT / "benchmarks" / "lens_fit_validation.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # its dataclass resolves annotations through sys.modules
+    spec.loader.exec_module(mod)
+    mod.FIT_CONFIG = FitConfig(source_n=14, coarse_source_n=10, refine_evaluations=80, coarse_evaluations=150,
+                               lam_mode="fixed")
+    mod.PRESET_OVERRIDE = lambda c: replace(c, preset=replace(c.preset, image_grid=lensinv.ImageGrid(64, 0.12),
+                                                              supersample=2))
+    return mod
+
+
+def truth_theta_E(index: int) -> float:
+    from lensinv.simulate import simulate, simulation_config
+
+    return simulate(index, 0, simulation_config("realistic")).lens.components[0].theta_E
+
+
+def test_fit_resume_shard_and_summary(val, tmp_path, capsys):
+    out = tmp_path / "v"
+    assert val.main(["--n", "1", "--out", str(out), "--shard", "1/2"]) == 0  # an empty shard
+    assert val.main(["--n", "1", "--out", str(out), "--shard", "0/2"]) == 0  # lens 0
+    rows = list(csv.DictReader(open(out / "lenses.0of2.csv")))
+    assert [int(float(r["index"])) for r in rows] == [0]
+    r = {k: float(v) for k, v in rows[0].items()}
+    # the row holds the truth (lens 0 of seed 0) and a finite fit with positive uncertainties; the
+    # accuracy targets are the benchmark's business at full settings, not this quick smoke run's
+    assert r["theta_E_true"] == pytest.approx(truth_theta_E(0))
+    assert all(math.isfinite(r[f"{k}_fit"]) and math.isfinite(r[f"{k}_std"]) and r[f"{k}_std"] > 0
+               for k in val.PARAMS)
+    assert r["wall_s"] > 0 and r["chi2_per_pixel"] > 0.5
+    # a second run of the shard fits nothing, nor does the unsharded run, which summarises
+    capsys.readouterr()
+    assert val.main(["--n", "1", "--out", str(out), "--shard", "0/2"]) == 0
+    assert val.main(["--n", "1", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.count("fitting 0") == 2
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_lenses"] == 1 and 0 <= summary["fraction_within_3sigma"] <= 1
+    assert isinstance(summary["targets_met"], bool) and (out / "zscores.png").stat().st_size > 5000
+
+
+def test_summary_rules(val):
+    base = {"index": 0, "wall_s": 1.0}
+    for k in val.PARAMS:
+        base |= {f"{k}_true": 1.0, f"{k}_fit": 1.0, f"{k}_std": 0.01}
+    assert val.summarise([base]).targets_met and val.summarise([base]).fraction_within_3sigma == 1
+    off = base | {"theta_E_fit": 1.02, "theta_E_std": 1.0}  # inside 3 sigma but 2% off: fails the 1% target
+    s = val.summarise([off])
+    assert not s.targets_met and s.fraction_within_3sigma == 1 and s.fraction_within_1pct_theta_E == 0
+    nan_std = base | {"q_std": math.nan}  # an undetermined uncertainty counts as outside
+    assert val.summarise([nan_std]).fraction_within_3sigma == pytest.approx(6 / 7)
+    # angles are compared modulo pi
+    assert val.difference("phi", math.pi - 0.01, 0.0) == pytest.approx(-0.01)
+    assert val.difference("q", 0.9, 0.8) == pytest.approx(0.1)
+    with pytest.raises(SystemExit):
+        val.main(["--n", "2", "--out", "x", "--shard", "2/2"])
