@@ -33,6 +33,7 @@ os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 import numpy as np  # noqa: E402
 
 from baselines.lens_fit import FitConfig, fit_lens  # noqa: E402
+from lensinv.cli import shard_spec  # noqa: E402
 from lensinv.io import write_text_atomic  # noqa: E402
 from lensinv.simulate import PRESETS, simulate, simulation_config  # noqa: E402
 
@@ -56,16 +57,6 @@ class Summary:
     fraction_within_3sigma: float
     wall_s_median: float
     targets_met: bool
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    try:
-        i, k = (int(t) for t in text.split("/"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--shard must be i/k with integers, got {text!r}") from None
-    if not (k >= 1 and 0 <= i < k):
-        raise argparse.ArgumentTypeError(f"--shard must be i/k with 0 <= i < k, got {text!r}")
-    return i, k
 
 
 def truth_params(lens) -> dict[str, float]:
@@ -157,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--preset", default="realistic", choices=[p for p, v in PRESETS.items()
                                                               if v.interferometer is None and v.snr is not None])
     ap.add_argument("--out", type=Path, required=True, help="output folder (created; resumed if present)")
-    ap.add_argument("--shard", type=parse_shard, default=None, help="fit only indices j %% k == i")
+    ap.add_argument("--shard", type=shard_spec, default=None, help="fit only indices j %% k == i")
     args = ap.parse_args(argv)
     if args.n < 1:
         ap.error(f"argument --n: must be >= 1, got {args.n}")

@@ -40,3 +40,14 @@ def number_in(low: float, high: float = math.inf, *, low_open: bool = True) -> C
 
 #: A finite number > 0.
 positive_float = number_in(0.0)
+
+
+def shard_spec(text: str) -> tuple[int, int]:
+    """An argparse type: ``i/k`` (the i-th of k slices of an array job), integers with ``0 <= i < k``."""
+    try:
+        i, k = (int(p) for p in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be i/k (integers, 0 <= i < k), got {text!r}") from None
+    if not 0 <= i < k:
+        raise argparse.ArgumentTypeError(f"must be i/k with 0 <= i < k, got {text!r}")
+    return i, k

@@ -37,19 +37,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from lensinv.cli import int_at_least
+from lensinv.cli import int_at_least, shard_spec
 from lensinv.dataset import build_dataset, shard_range
 from lensinv.simulate import PRESETS, SOURCE_SPECS, simulation_config
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    try:
-        i, k = (int(v) for v in text.split("/"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--shard must look like i/k, got {text!r}") from None
-    if not (k >= 1 and 0 <= i < k):
-        raise argparse.ArgumentTypeError(f"--shard i/k needs 0 <= i < k, got {text!r}")
-    return i, k
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="the real-galaxy .npz (default: ../shared/data/galaxy_zoo_decals/gz_decals_400.npz or "
                          "$LENSINV_GALAXIES)")
     ap.add_argument("--store-operators", action="store_true", help="also store each lens's F L (CSR)")
-    ap.add_argument("--shard", type=parse_shard, default=(0, 1), metavar="i/k",
+    ap.add_argument("--shard", type=shard_spec, default=(0, 1), metavar="i/k",
                     help="build only the i-th of k slices of the indices (cluster array jobs)")
     ap.add_argument("--part-size", type=int_at_least(1), default=None,
                     help="lenses per resumable part (default 32, 4 with operators)")

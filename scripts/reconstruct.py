@@ -67,7 +67,7 @@ from scipy import ndimage  # noqa: E402
 import lensinv  # noqa: E402
 from baselines import FORMS  # noqa: E402
 from baselines.lens_fit import PROFILES, FitConfig  # noqa: E402
-from lensinv.cli import int_at_least, positive_float  # noqa: E402
+from lensinv.cli import int_at_least, positive_float, shard_spec  # noqa: E402
 from lensinv.io import (atomic_write, is_hdf5, read_fits_image, read_lenstronomy_image,  # noqa: E402
                         read_lenstronomy_psf, write_text_atomic)
 
@@ -225,17 +225,6 @@ def check_rim_coverage(shape: tuple[int, int], scale: float, grid: lensinv.Image
                          "--method warren-dye")
 
 
-def parse_shard(text: str) -> tuple[int, int]:
-    """argparse type: ``i/k``, integers with ``0 <= i < k``."""
-    try:
-        i, k = (int(p) for p in text.split("/"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be i/k (integers, 0 <= i < k), got {text!r}") from None
-    if not 0 <= i < k:
-        raise argparse.ArgumentTypeError(f"must be i/k with 0 <= i < k, got {text!r}")
-    return i, k
-
-
 def read_image_list(path: Path) -> list[Path]:
     """The folders of an ``--images`` list (one a line, ``#`` comments, relative to the list's folder).
 
@@ -335,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="instead of --image: a text file listing folders (one a line; # comments; relative to "
                          "the file), each holding image.fits, noise_map.fits and optionally psf.fits; results go "
                          "to OUT/<folder name>, and lenses with a result there are skipped without --overwrite")
-    ap.add_argument("--shard", type=parse_shard, default=None,
+    ap.add_argument("--shard", type=shard_spec, default=None,
                     help="i/k with 0 <= i < k: with --images, only the lenses at list positions j with j %% k == i")
     ap.add_argument("--lens", default=None,
                     help='e.g. "theta_E=1.1,q=0.8,phi=0.4,gamma=0.03,gamma_phi=1.2"; default: fit the lens')
