@@ -33,8 +33,8 @@ os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 import numpy as np  # noqa: E402
 
 from baselines.lens_fit import FitConfig, fit_lens  # noqa: E402
-from lensinv.cli import shard_spec  # noqa: E402
-from lensinv.io import write_text_atomic  # noqa: E402
+from lensinv.cli import int_at_least, shard_spec  # noqa: E402
+from lensinv.io import atomic_path, write_text_atomic  # noqa: E402
 from lensinv.simulate import PRESETS, simulate, simulation_config  # noqa: E402
 
 PARAMS = ("theta_E", "q", "phi", "center_x", "center_y", "gamma", "gamma_phi")
@@ -109,15 +109,13 @@ def summarise(rows: list[dict[str, float]]) -> Summary:
     dq = np.array([abs(r["q_fit"] - r["q_true"]) for r in rows])
     dc = np.array([math.hypot(r["center_x_fit"] - r["center_x_true"], r["center_y_fit"] - r["center_y_true"])
                    for r in rows])
-    inside = [abs(difference(k, r[f"{k}_fit"], r[f"{k}_true"])) <= 3 * r[f"{k}_std"]
-              for r in rows for k in PARAMS]  # a NaN std counts as outside
-    s = Summary(n_lenses=len(rows), theta_E_rel_err_max=float(theta.max()), q_err_max=float(dq.max()),
-                center_err_max=float(dc.max()), fraction_within_1pct_theta_E=float(np.mean(theta <= 0.01)),
-                fraction_within_3sigma=float(np.mean(inside)),
-                wall_s_median=float(np.median([r["wall_s"] for r in rows])), targets_met=False)
-    met = s.theta_E_rel_err_max <= 0.01 and s.q_err_max <= 0.03 and s.center_err_max <= 0.02 \
-        and s.fraction_within_3sigma >= 0.9
-    return Summary(**{**s.__dict__, "targets_met": bool(met)})
+    inside = float(np.mean([abs(difference(k, r[f"{k}_fit"], r[f"{k}_true"])) <= 3 * r[f"{k}_std"]
+                            for r in rows for k in PARAMS]))  # a NaN std counts as outside
+    met = theta.max() <= 0.01 and dq.max() <= 0.03 and dc.max() <= 0.02 and inside >= 0.9
+    return Summary(n_lenses=len(rows), theta_E_rel_err_max=float(theta.max()), q_err_max=float(dq.max()),
+                   center_err_max=float(dc.max()), fraction_within_1pct_theta_E=float(np.mean(theta <= 0.01)),
+                   fraction_within_3sigma=inside, wall_s_median=float(np.median([r["wall_s"] for r in rows])),
+                   targets_met=bool(met))
 
 
 def figure(rows: list[dict[str, float]], path: Path) -> None:
@@ -135,23 +133,20 @@ def figure(rows: list[dict[str, float]], path: Path) -> None:
     ax.set_ylabel("(fit - truth) / reported sigma")
     ax.set_title(f"lens fit, lens unknown: {len(rows)} simulated lenses")
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--n", type=int, default=20, help="lenses (default 20)")
+    ap.add_argument("--n", type=int_at_least(1), default=20, help="lenses (default 20)")
     ap.add_argument("--seed", type=int, default=0, help="simulation seed (default 0)")
     ap.add_argument("--preset", default="realistic", choices=[p for p, v in PRESETS.items()
                                                               if v.interferometer is None and v.snr is not None])
     ap.add_argument("--out", type=Path, required=True, help="output folder (created; resumed if present)")
     ap.add_argument("--shard", type=shard_spec, default=None, help="fit only indices j %% k == i")
     args = ap.parse_args(argv)
-    if args.n < 1:
-        ap.error(f"argument --n: must be >= 1, got {args.n}")
     config = simulation_config(args.preset)
     if PRESET_OVERRIDE is not None:
         config = PRESET_OVERRIDE(config)
@@ -159,19 +154,19 @@ def main(argv: list[str] | None = None) -> int:
     i, k = args.shard or (0, 1)
     path = args.out / ("lenses.csv" if args.shard is None else f"lenses.{i}of{k}.csv")
     rows = read_rows(path)
-    done = {int(r["index"]) for p in args.out.glob("lenses*.csv") for r in read_rows(p)}  # by any shard
-    todo = [j for j in range(args.n) if j % k == i and j not in done]
-    print(f"{len(done)} lenses already fitted in {args.out}; fitting {len(todo)} into {path.name}", flush=True)
+    fitted = {int(r["index"]): r for p in sorted(args.out.glob("lenses*.csv")) for r in read_rows(p)}  # any shard's
+    todo = [j for j in range(args.n) if j % k == i and j not in fitted]
+    print(f"{len(fitted)} lenses already fitted in {args.out}; fitting {len(todo)} into {path.name}", flush=True)
     for j in todo:
         row = fit_one(j, args.seed, config)
         rows.append(row)
+        fitted[j] = row
         write_rows(path, rows)
         print(f"lens {j}: theta_E {row['theta_E_fit']:.4f} (true {row['theta_E_true']:.4f}), "
               f"q {row['q_fit']:.3f} ({row['q_true']:.3f}), {row['wall_s']:.0f} s", flush=True)
     if args.shard is not None:
         return 0
-    everything = {int(r["index"]): r for p in sorted(args.out.glob("lenses*.csv")) for r in read_rows(p)}
-    rows = [everything[j] for j in sorted(everything) if j < args.n]
+    rows = [fitted[j] for j in sorted(fitted) if j < args.n]
     summary = summarise(rows)
     write_text_atomic(args.out / "summary.json", json.dumps(summary.__dict__, indent=2) + "\n")
     figure(rows, args.out / "zscores.png")

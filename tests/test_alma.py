@@ -183,8 +183,8 @@ def test_shipped_alma_weights_reconstruct_an_alma_lens():
     import rim
 
     model = rim.load_pretrained(rim.ALMA_WEIGHTS)
-    cfg = InterferometerConfig()
-    ig, sg = lensinv.ImageGrid(192, 0.04), lensinv.SourceGrid(64, 1.5)
+    pre = PRESETS["alma"]
+    cfg, ig, sg = pre.interferometer, pre.image_grid, pre.source_grid
     lens = lensinv.Lens(lensinv.SIE(1.2, 0.8, 0.3), lensinv.ExternalShear(0.02, 1.0))
     op = lensinv.visibility_operator(lens, cfg.simulated().coverage, ig, sg, supersample=2,
                                      primary_beam=cfg.primary_beam_map(ig))
