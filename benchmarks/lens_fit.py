@@ -52,7 +52,7 @@ def main() -> None:
     ap.add_argument("--pixel-scale", type=float, default=0.05)
     ap.add_argument("--source-n", type=int, default=32)
     ap.add_argument("--lens-light", action="store_true")
-    ap.add_argument("--lam-mode", choices=("optimise", "fixed"), default="optimise")
+    ap.add_argument("--lam-mode", choices=("optimise", "fixed"), default=lf.FitConfig().lam_mode)
     args = ap.parse_args()
 
     ig, psf, truth, image, sigma = simulate(args.n, args.pixel_scale, args.lens_light)

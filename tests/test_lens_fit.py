@@ -152,6 +152,8 @@ def test_fit_config_and_inputs_validated():
         FitConfig(lam_mode="sometimes")
     with pytest.raises(ValueError, match="source_n"):
         FitConfig(source_n=2)
+    with pytest.raises(ValueError, match="coarse_pixel"):
+        FitConfig(coarse_pixel=-0.1)
     image = np.zeros(IG.shape)
     with pytest.raises(ValueError, match="profile"):
         fit_lens(image, 1.0, IG, profile="NFW")
@@ -241,3 +243,79 @@ def test_curvature_recovers_a_noisy_quadratic():
     flat[0, :] = flat[:, 0] = 0.0
     cov_flat, ok_flat = _covariance(flat, scales)
     assert not ok_flat and np.all(np.isfinite(cov_flat)) and cov_flat[0, 0] < 20 * scales[0] ** 2
+
+
+def test_bin_factor_is_odd_and_nearest():
+    from baselines.lens_fit import _bin_factor
+
+    assert [_bin_factor(p, 0.12) for p in (0.04, 0.05, 0.03, 0.1, 0.2)] == [3, 3, 5, 1, 1]
+    assert _bin_factor(0.04, 0.0) == 1
+
+
+@pytest.mark.parametrize("b", [1, 3, 5])
+def test_binned_kernel_is_the_boxed_psf_resampled(b):
+    """Unit sum, centred, and the second moment of the PSF plus the pixel box, in binned pixels."""
+    from baselines.lens_fit import _binned_kernel
+
+    sigma_px = 4.0
+    k = _binned_kernel(lensinv.gaussian_psf(2.3548 * sigma_px * 0.01, 0.01, size=41), b)
+    assert k.shape[0] % 2 == 1 and np.all(k >= 0) and k.sum() == pytest.approx(1.0)
+    ax = np.arange(k.shape[0]) - (k.shape[0] - 1) / 2
+    assert np.sum(k * ax[None, :]) == pytest.approx(0.0, abs=1e-12)
+    var = np.sum(k * ax[None, :] ** 2)
+    expected = (sigma_px**2 + b * b / 12) / b**2  # pixel-integrated kernel: + 1/12, the box: + (b^2 - 1)/12
+    if b == 1:
+        psf = lensinv.gaussian_psf(2.3548 * sigma_px * 0.01, 0.01, size=41)
+        np.testing.assert_allclose(k, psf / psf.sum(), atol=1e-15)
+    # a smooth kernel sampled every b pixels keeps its second moment (without the box: 4% low at b = 3)
+    assert var == pytest.approx(expected, rel=0.005)
+
+
+@pytest.mark.parametrize("n", [63, 64, 65])
+def test_binned_problem_pixels_and_frame(n):
+    """Block means, noise of a mean, a pixel with a masked member masked, and the binned pixel
+    centres (plus the shift) at the means of their pixels' centres, also when the side is trimmed."""
+    from baselines.lens_fit import _binned_problem, _Problem, _Space
+    from baselines.regularization import get_regularization
+
+    ig = lensinv.ImageGrid(n=n, pixel_scale=0.05)
+    rng = np.random.default_rng(0)
+    img, sig = rng.normal(size=n * n), rng.uniform(0.5, 2.0, n * n)
+    use = np.ones(n * n, bool)
+    use[5] = False
+    prob = _Problem(img, sig, use, ig, PSF, get_regularization("gradient"), _Space(True, False), None, 1.0, 0.0,
+                    1.0, None)
+    c = _binned_problem(prob, 3)
+    m = n // 3
+    assert c.grid.n == m and c.grid.delta == pytest.approx(0.15)
+    blocks = img.reshape(n, n)[:3 * m, :3 * m].reshape(m, 3, m, 3)
+    sblocks = sig.reshape(n, n)[:3 * m, :3 * m].reshape(m, 3, m, 3)
+    assert c.image.reshape(m, m)[1, 1] == pytest.approx(blocks[1, :, 1, :].mean())
+    assert c.sigma.reshape(m, m)[1, 1] == pytest.approx(np.sqrt((sblocks[1, :, 1, :] ** 2).sum()) / 9)
+    assert not c.use[1] and c.use.sum() == m * m - 1  # pixel 5 lies in binned pixel (0, 1)
+    gx, gy = ig.coordinates()
+    cx, cy = c.grid.coordinates()
+    mean_x = gx[:3 * m, :3 * m].reshape(m, 3, m, 3).mean(axis=(1, 3))
+    mean_y = gy[:3 * m, :3 * m].reshape(m, 3, m, 3).mean(axis=(1, 3))
+    np.testing.assert_allclose(cx + c.shift[0], mean_x, atol=1e-12)
+    np.testing.assert_allclose(cy + c.shift[1], mean_y, atol=1e-12)
+    lens = c.lens(_Space(True, False), np.array([0.9, 0.0, 0.0, 0.1, -0.2, 0.0, 0.0]))
+    assert lens.components[0].center == pytest.approx((0.1 - c.shift[0], -0.2 - c.shift[1]))
+
+
+def test_circle_center_is_not_pulled_by_an_asymmetric_arc():
+    """Pixels of a ring of radius 1 about (0.2, -0.1) covering 120 degrees on one side and 40 on the
+    other: their centroid is far off, the circle through them is not."""
+    from baselines.lens_fit import _circle_center
+
+    ig = lensinv.ImageGrid(n=96, pixel_scale=0.04)
+    x, y = ig.coordinates()
+    r = np.hypot(x - 0.2, y + 0.1)
+    ang = np.arctan2(y + 0.1, x - 0.2)
+    on = (np.abs(r - 1.0) < 0.06) & ((np.abs(ang) < math.radians(60)) | (np.abs(ang - math.pi) < math.radians(20)))
+    cx, cy = _circle_center(ig, on)
+    assert math.hypot(cx - 0.2, cy + 0.1) < 0.02
+    assert math.hypot(x[on].mean() - 0.2, y[on].mean() + 0.1) > 0.2
+    line = np.zeros_like(on)
+    line[40, 10:80] = True  # collinear: undetermined
+    assert _circle_center(ig, line) is None
