@@ -63,7 +63,7 @@ from scipy.signal import fftconvolve
 import lensinv
 from lensinv.validate import finite_float, int_at_least, positive_float
 from lensinv.grids import ImageGrid, SourceGrid
-from lensinv.psf import validate_kernel
+from lensinv.psf import kernel_fwhm, validate_kernel
 
 from .inversion import InversionResult, invert
 from .regularization import Regularization, get_regularization
@@ -76,6 +76,8 @@ __all__ = ["FitConfig", "FitProgress", "LensFit", "MGELight", "annular_mask", "b
 #: noise values at least this many times the median mark masked pixels (DESIGN.md)
 HUGE_NOISE_FACTOR = 1e6
 PROFILES = ("SIE", "EPL")
+#: the coarse stage bins the image no further than this many binned pixels across the ring's radius
+MIN_RING_PIXELS = 8
 
 
 # --------------------------------------------------------------------------------------------------
@@ -551,13 +553,18 @@ class _Stage:
 # the coarse stage's binned image
 
 
-def _bin_factor(pixel: float, coarse_pixel: float) -> int:
+def _bin_factor(pixel: float, coarse_pixel: float, radius: float = math.inf) -> int:
     """The odd number of image pixels per side binned into one for the coarse stage: the odd
     integer nearest ``coarse_pixel / pixel`` (1: no binning; odd, so a binned pixel is centred on
-    an original one and the PSF resamples without a half-pixel shift)."""
+    an original one and the PSF resamples without a half-pixel shift), at most the odd integer
+    that keeps ``MIN_RING_PIXELS`` binned pixels across the ring's radius ``radius`` (arcsec)."""
     if coarse_pixel <= 0:
         return 1
-    return max(1, 2 * int(round((coarse_pixel / pixel - 1.0) / 2.0)) + 1)
+    b = max(1, 2 * int(round((coarse_pixel / pixel - 1.0) / 2.0)) + 1)
+    if math.isfinite(radius):
+        cap = int(radius / (MIN_RING_PIXELS * pixel))
+        b = min(b, max(1, cap if cap % 2 else cap - 1))
+    return b
 
 
 def _binned_kernel(psf: np.ndarray, b: int) -> np.ndarray:
@@ -603,13 +610,7 @@ def _binned_problem(prob: _Problem, b: int) -> _Problem:
 
 def _psf_fwhm(psf: Optional[np.ndarray], pixel: float) -> float:
     """FWHM (arcsec) of the Gaussian with the kernel's second moment (one pixel without a PSF)."""
-    if psf is None:
-        return pixel
-    k = psf / psf.sum()
-    n = k.shape[0]
-    ax = np.arange(n) - (n - 1) / 2
-    var = float(np.sum(k * (ax[None, :] ** 2 + ax[:, None] ** 2)) / 2)
-    return max(2.3548 * math.sqrt(max(var, 1e-12)), 1.0) * pixel
+    return pixel if psf is None else kernel_fwhm(psf) * pixel
 
 
 @dataclass(frozen=True)
@@ -839,7 +840,7 @@ def _coarse(prob: _Problem, coarse: _Problem, geo: _Geometry, cfg: FitConfig,
     cands = []
     for c, R in zip(centers, radii):
         for f in np.linspace(0.8, 1.2, 9):
-            for e in (0.0, 0.08, 0.16, 0.24):
+            for e in (0.0, 0.08, 0.16, 0.24, 0.32):
                 for ang in (np.arange(6) * math.pi / 6 if e > 0 else (0.0,)):
                     x = np.zeros(len(space.names))
                     x[0], x[1], x[2], x[3], x[4] = f * R, e * math.cos(2 * ang), e * math.sin(2 * ang), c[0], c[1]
@@ -1099,7 +1100,7 @@ def fit_lens(image: np.ndarray, sigma: Union[float, np.ndarray], image_grid: Ima
         timings["geometry"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        b = _bin_factor(image_grid.delta, config.coarse_pixel)
+        b = _bin_factor(image_grid.delta, config.coarse_pixel, geo.radius)
         coarse = prob if b == 1 or image_grid.n // b < 16 else _binned_problem(prob, b)
         x, v, _ = _coarse(prob, coarse, geo, config, shear)
         timings["coarse"] = time.perf_counter() - t

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import numpy as np
 from scipy import ndimage
+from scipy.signal import fftconvolve
 
 
 def rmse(estimate: np.ndarray, truth: np.ndarray) -> float:
@@ -54,3 +58,67 @@ def reduced_chi2(model_image: np.ndarray, image: np.ndarray, sigma) -> float:
         r = (np.asarray(model_image) - np.asarray(image)) / sig
         return float(np.mean(r.real**2 + r.imag**2) / 2)
     return float(np.mean(((np.asarray(model_image) - np.asarray(image)) / sig) ** 2))
+
+
+@dataclass(frozen=True)
+class ResidualCoherence:
+    """Smoothed normalised residuals over a region (see :func:`residual_coherence`).
+
+    For residuals that are white noise ``mean_z2`` is about 1, ``fraction_above_3`` about 0.003 and
+    ``max_abs_z`` a few (it grows slowly with the region's size); a coherent residual (an arc the
+    model misses) raises all three.
+    """
+
+    n_pixels: int
+    mean_z2: float
+    fraction_above_3: float
+    max_abs_z: float
+
+
+def residual_coherence(normalised_residual: np.ndarray, mask: np.ndarray, scale: float,
+                       region: np.ndarray | None = None) -> ResidualCoherence:
+    """How coherent the residuals are on scales of ``scale`` pixels.
+
+    The normalised residuals ``(data - model) / sigma`` on the pixels of ``mask`` are smoothed with
+    a Gaussian of standard deviation ``scale`` (pixels; e.g. the PSF's) and divided by the standard
+    deviation that white noise would have there, ``z = (G * r) / sqrt(G^2 * m)``, so that ``z`` is a
+    unit normal wherever the model fits to the noise; statistics over ``region`` (default ``mask``)
+    where at least half the smoothing kernel lies in the mask.
+
+    Parameters
+    ----------
+    normalised_residual : ndarray
+        ``(n, n)`` residuals in units of the noise (values outside ``mask`` are ignored).
+    mask : ndarray of bool
+        ``(n, n)`` fitted pixels.
+    scale : float
+        Smoothing scale (pixels, > 0).
+    region : ndarray of bool, optional
+        ``(n, n)`` pixels to summarise (e.g. the arcs); intersected with ``mask``.
+    """
+    r = np.asarray(normalised_residual, dtype=float)
+    m = np.asarray(mask, dtype=bool)
+    if r.ndim != 2 or m.shape != r.shape:
+        raise ValueError(f"normalised_residual and mask must be 2-d arrays of one shape, got {r.shape} and {m.shape}")
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale must be > 0 (pixels), got {scale!r}")
+    region = m if region is None else (np.asarray(region, dtype=bool) & m)
+    if region.shape != r.shape:
+        raise ValueError(f"region must have the residuals' shape {r.shape}, got {region.shape}")
+    if not np.all(np.isfinite(r[m])):
+        raise ValueError("normalised_residual has non-finite values inside mask")
+    w = m.astype(float)
+    smooth = ndimage.gaussian_filter(np.where(m, r, 0.0), scale, mode="constant")
+    # the variance white noise would have after smoothing: the mask convolved with the squared kernel
+    half = int(4.0 * scale + 0.5)
+    delta = np.zeros((2 * half + 1, 2 * half + 1))
+    delta[half, half] = 1.0
+    kernel2 = ndimage.gaussian_filter(delta, scale, mode="constant") ** 2
+    g2 = np.maximum(fftconvolve(w, kernel2, mode="same"), 0.0)
+    cover = ndimage.gaussian_filter(w, scale, mode="constant")
+    use = region & (cover >= 0.5)
+    if not use.any():
+        raise ValueError("region holds no pixel where the mask covers half the smoothing kernel")
+    z = smooth[use] / np.sqrt(g2[use])
+    return ResidualCoherence(n_pixels=int(use.sum()), mean_z2=float(np.mean(z**2)),
+                             fraction_above_3=float(np.mean(np.abs(z) > 3)), max_abs_z=float(np.max(np.abs(z))))

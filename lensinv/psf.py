@@ -230,3 +230,16 @@ def _odd_size(size: int) -> int:
     if size > MAX_KERNEL_SIZE:
         raise ValueError(f"size must be an odd integer <= {MAX_KERNEL_SIZE} (pixels per side), got {size}")
     return size
+
+
+def kernel_fwhm(kernel: np.ndarray) -> float:
+    """FWHM (pixels) of the circular Gaussian with the kernel's second moment (at least 1 pixel).
+
+    For a pixel-integrated Gaussian this is its FWHM with the pixel's own width added in
+    quadrature (variance + 1/12 pixel^2); for an Airy core or a measured PSF, the second moment
+    weighs the wings, so it is an upper estimate of the core's width.
+    """
+    k = validate_kernel(kernel)
+    ax = np.arange(k.shape[0]) - (k.shape[0] - 1) / 2
+    var = float(np.sum(k * (ax[None, :] ** 2 + ax[:, None] ** 2)) / 2)
+    return max(2.3548 * math.sqrt(max(var, 1e-12)), 1.0)

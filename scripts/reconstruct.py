@@ -70,10 +70,12 @@ from baselines.lens_fit import PROFILES, FitConfig  # noqa: E402
 from lensinv.cli import int_at_least, positive_float, shard_spec  # noqa: E402
 from lensinv.io import (atomic_write, is_hdf5, read_fits_image, read_lenstronomy_image,  # noqa: E402
                         read_lenstronomy_psf, write_text_atomic)
+from lensinv.metrics import ResidualCoherence, residual_coherence  # noqa: E402
+from lensinv.psf import kernel_fwhm  # noqa: E402
 
 LENS_KEYS = ("theta_E", "q", "phi", "gamma", "gamma_phi", "center_x", "center_y")
 #: the files of a result: an --out folder holding one of them is not overwritten without --overwrite
-RESULT_FILES = ("source.fits", "fit.json", "fit.png", "reconstruction.png")
+RESULT_FILES = ("source.fits", "model.fits", "fit.json", "fit.png", "reconstruction.png")
 #: the RIM refuses images covering less than this fraction of its field per side, or with fewer pixels
 RIM_MIN_COVERAGE = 0.5
 RIM_MIN_PIXELS = 16
@@ -582,6 +584,7 @@ def run(args) -> int:
         image, sigma = centred_square(image), centred_square(sigma)
         grid = lensinv.ImageGrid(image.shape[0], scale)
         source, source_grid, model_image, light_img = fit.source, fit.source_grid, fit.model, fit.lens_light
+        kernel = fit_kernel
         fitted, log_ev = fit.mask, float(fit.log_evidence)
         extra = {"REGUL": args.regularization, "LAMBDA": fit.inversion.lam, "LOGEV": fit.log_evidence,
                  "CHI2N": fit.chi2_per_pixel, "PROFILE": args.profile}
@@ -623,6 +626,7 @@ def run(args) -> int:
     write_text_atomic(args.out / "fit.json", json.dumps(result, indent=2) + "\n")
 
     resid = np.where(fitted, (image - model_image) / sigma, np.nan)
+    coherence = write_model(args.out, model_image, light_img, resid, fitted, sigma, kernel, grid.pixel_scale)
     panels = [(np.where(use, image, np.nan), grid.extent, "data", {}),
               (model_image, grid.extent, "model", {}),
               (resid, grid.extent, "normalised residual (fitted pixels)", {"cmap": "RdBu_r", "vmin": -5, "vmax": 5}),
@@ -631,9 +635,49 @@ def run(args) -> int:
         panels.append((light_img, grid.extent, "lens light", {}))
     save_figure(args.out / "fit.png", panels)
     save_figure(args.out / "reconstruction.png", [panels[0], panels[3], panels[1], panels[2]])
-    print(f"wrote {args.out / 'source.fits'}, fit.json, fit.png and reconstruction.png "
+    print(f"wrote {args.out / 'source.fits'}, model.fits, fit.json, fit.png and reconstruction.png "
           f"(chi2/N {result['chi2_per_pixel']:.3f} over {n_fit} pixels)")
+    if coherence is not None:
+        print(f"residuals on the arcs ({coherence.n_pixels} pixels), smoothed over the PSF: mean z^2 "
+              f"{coherence.mean_z2:.2f}, {100 * coherence.fraction_above_3:.2f}% beyond 3 sigma, max |z| "
+              f"{coherence.max_abs_z:.1f} (white noise: 1, 0.27%, a few)")
     return 0
+
+
+def write_model(out: Path, model_image: np.ndarray, light_img: np.ndarray | None, resid: np.ndarray,
+                fitted: np.ndarray, sigma: np.ndarray, kernel: np.ndarray | None,
+                scale: float) -> ResidualCoherence | None:
+    """``out/model.fits`` (atomic): HDUs MODEL (image units), RESIDUAL ((data - model) / sigma, NaN
+    where not fitted), MASK (1 = fitted) and, with the lens light, LENS_LIGHT; the primary header
+    holds how coherent the residuals are on the arcs (:func:`lensinv.metrics.residual_coherence`
+    smoothed over the PSF's sigma, on the fitted pixels where the lensed source's model exceeds the
+    noise). Returns that statistic, or None where no pixel qualifies."""
+    from astropy.io import fits
+
+    source_model = model_image if light_img is None else model_image - light_img
+    arcs = fitted & (source_model > sigma)
+    scale_px = max((1.0 if kernel is None else kernel_fwhm(kernel)) / 2.3548, 0.5)
+    try:
+        coherence = residual_coherence(np.where(fitted, resid, 0.0), fitted, scale_px, region=arcs)
+    except ValueError:
+        coherence = None
+    hdr = fits.Header()
+    hdr["IMSCALE"] = (scale, "[arcsec] image pixel size")
+    hdr["COH_SCL"] = (scale_px, "[pix] smoothing sigma, COH_*")
+    if coherence is not None:
+        hdr["COH_NPIX"] = (coherence.n_pixels, "arc pixels in COH_*")
+        hdr["COH_Z2"] = (coherence.mean_z2, "arcs: mean z^2 (noise: 1)")
+        hdr["COH_F3"] = (coherence.fraction_above_3, "arcs: frac |z|>3 (noise 0.0027)")
+        hdr["COH_MAX"] = (coherence.max_abs_z, "arcs: max |z|")
+    hdus = [fits.PrimaryHDU(header=hdr), fits.ImageHDU(np.asarray(model_image, np.float32), name="MODEL"),
+            fits.ImageHDU(np.asarray(resid, np.float32), name="RESIDUAL"),
+            fits.ImageHDU(np.asarray(fitted, np.uint8), name="MASK")]
+    if light_img is not None:
+        hdus.append(fits.ImageHDU(np.asarray(light_img, np.float32), name="LENS_LIGHT"))
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_write(out / "model.fits") as f:
+        fits.HDUList(hdus).writeto(f)
+    return coherence
 
 
 def write_source(out: Path, source: np.ndarray, source_grid: lensinv.SourceGrid, image_scale: float, method: str,

@@ -250,6 +250,9 @@ def test_bin_factor_is_odd_and_nearest():
 
     assert [_bin_factor(p, 0.12) for p in (0.04, 0.05, 0.03, 0.1, 0.2)] == [3, 3, 5, 1, 1]
     assert _bin_factor(0.04, 0.0) == 1
+    # a small ring keeps 8 binned pixels across its radius: 0.3 arcsec at 0.04 -> 7.5 pixels: none
+    assert [_bin_factor(0.04, 0.12, r) for r in (0.3, 0.8, 1.0, 2.0)] == [1, 1, 3, 3]
+    assert _bin_factor(0.02, 0.12, 1.0) == 5
 
 
 @pytest.mark.parametrize("b", [1, 3, 5])

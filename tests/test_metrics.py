@@ -17,3 +17,26 @@ def test_metrics(rng):
         rmse(t, t[:5])
     with pytest.raises(ValueError):
         flux_error(t, np.zeros_like(t))
+
+
+def test_residual_coherence_white_noise_and_a_missed_arc():
+    from lensinv.metrics import residual_coherence
+
+    rng = np.random.default_rng(0)
+    r = rng.normal(size=(160, 160))
+    mask = np.ones(r.shape, bool)
+    mask[:15] = False
+    r[:15] = np.nan  # outside the mask: ignored
+    yy, xx = np.indices(r.shape)
+    arc = (np.abs(np.hypot(xx - 80, yy - 90) - 40) < 3) & (xx > 80)
+    white = residual_coherence(r, mask, 1.5, region=arc)
+    assert 0.8 < white.mean_z2 < 1.2 and white.fraction_above_3 < 0.01 and white.n_pixels == arc.sum()
+    assert 0.9 < residual_coherence(r, mask, 2.0).mean_z2 < 1.1
+    missed = residual_coherence(np.where(arc, r + 0.3, r), mask, 1.5, region=arc)  # 0.3 sigma per pixel
+    assert missed.mean_z2 > 2.0 and missed.fraction_above_3 > 0.03
+    with pytest.raises(ValueError, match="scale"):
+        residual_coherence(r, mask, 0.0)
+    with pytest.raises(ValueError, match="non-finite"):
+        residual_coherence(r, np.ones(r.shape, bool), 1.5)
+    with pytest.raises(ValueError, match="shape"):
+        residual_coherence(r, mask[:10], 1.5)

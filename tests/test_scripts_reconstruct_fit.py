@@ -108,6 +108,13 @@ def test_fit_without_lens_writes_fit_json(rec, sim, tmp_path, capsys):
     h = fits.getheader(out / "source.fits")
     assert h["FITTED"] and math.isclose(h["THETA_E"], r["lens"]["theta_E"])
     assert (out / "fit.png").stat().st_size > 0 and not list(out.glob("*.tmp*"))
+    with fits.open(out / "model.fits") as hdul:  # the model, the residuals and how coherent they are
+        mask = hdul["MASK"].data.astype(bool)
+        resid = hdul["RESIDUAL"].data
+        assert mask.sum() == r["n_pixels"] and np.isnan(resid[~mask]).all()
+        assert np.mean(resid[mask].astype(float) ** 2) == pytest.approx(r["chi2_per_pixel"], rel=1e-4)
+        np.testing.assert_allclose(hdul["MODEL"].data, image - resid * sigma, atol=1e-4 * sigma)
+        assert 0.5 < hdul[0].header["COH_Z2"] < 2.0 and hdul[0].header["COH_NPIX"] > 50
     print(f"fit without --lens: {wall:.1f} s")
 
 
