@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -87,6 +88,16 @@ def script_module(name: str) -> ModuleType:
         return importlib.import_module(name)
     finally:
         sys.path.remove(scripts)
+
+
+def benchmark_module(name: str) -> ModuleType:
+    """Import ``benchmarks/<name>.py`` of this checkout as a module, registered in ``sys.modules``
+    (its dataclasses resolve their annotations through it)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def tiny_rim_checkpoint(path: Path, image_n: int, source_n: int) -> Path:

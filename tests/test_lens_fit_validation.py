@@ -2,27 +2,21 @@
 (one small lens: 64 x 0.12 arcsec image, quick fit settings)."""
 
 import csv
-import importlib.util
 import json
 import math
-import sys
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
 import lensinv
 from baselines.lens_fit import FitConfig
 
-ROOT = Path(__file__).resolve().parents[1]
+from .conftest import benchmark_module
 
 
 @pytest.fixture(scope="module")
 def val():
-    spec = importlib.util.spec_from_file_location("lens_fit_validation", ROOT / "benchmarks" / "lens_fit_validation.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # its dataclass resolves annotations through sys.modules
-    spec.loader.exec_module(mod)
+    mod = benchmark_module("lens_fit_validation")
     mod.FIT_CONFIG = FitConfig(source_n=14, coarse_source_n=10, refine_evaluations=80, coarse_evaluations=150,
                                lam_mode="fixed")
     mod.PRESET_OVERRIDE = lambda c: replace(c, preset=replace(c.preset, image_grid=lensinv.ImageGrid(64, 0.12),

@@ -1,25 +1,20 @@
 """benchmarks/real_lenses.py: the PyAutoLens convention, the comparison with published values, the
 summary, and its flags (the fits themselves take minutes each and are not run here)."""
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from astropy.io import fits
 
-ROOT = Path(__file__).resolve().parents[1]
+from .conftest import benchmark_module
 
 
 @pytest.fixture(scope="module")
 def real():
-    spec = importlib.util.spec_from_file_location("real_lenses", ROOT / "benchmarks" / "real_lenses.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # its dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(mod)
+    mod = benchmark_module("real_lenses")
     return mod
 
 
