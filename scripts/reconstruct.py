@@ -505,7 +505,7 @@ def run(args) -> int:
     if args.psf is not None:
         raw = read_lenstronomy_psf(args.psf, name="--psf") if is_hdf5(args.psf) else \
             read_fits_image(args.psf, name="--psf").data
-        kernel = lensinv.validate_kernel(raw)
+        kernel = lensinv.validate_kernel(clip_psf_noise(raw), name="--psf")
         if args.psf_size is not None and args.psf_size < kernel.shape[0]:
             h, c = args.psf_size // 2, kernel.shape[0] // 2
             kernel = lensinv.validate_kernel(kernel[c - h:c + h + 1, c - h:c + h + 1])
@@ -642,6 +642,26 @@ def run(args) -> int:
               f"{coherence.mean_z2:.2f}, {100 * coherence.fraction_above_3:.2f}% beyond 3 sigma, max |z| "
               f"{coherence.max_abs_z:.1f} (white noise: 1, 0.27%, a few)")
     return 0
+
+
+#: negative PSF pixels holding at most this fraction of the kernel's |flux| are taken for the noise of
+#: a measured PSF and set to zero; more is refused
+PSF_NEGATIVE_TOLERANCE = 0.01
+
+
+def clip_psf_noise(kernel: np.ndarray) -> np.ndarray:
+    """A measured PSF with its small negative pixels (noise; e.g. Euclid's VIS_PSF dips to -6e-6 of a
+    unit sum) set to zero, saying so on stderr; unchanged where it has none, or where they hold more
+    than ``PSF_NEGATIVE_TOLERANCE`` of its |flux| (then :func:`lensinv.validate_kernel` refuses it)."""
+    k = np.asarray(kernel, dtype=np.float64)
+    if k.ndim != 2 or not np.all(np.isfinite(k)) or not np.any(k < 0):
+        return k
+    neg = float(-k[k < 0].sum() / max(np.abs(k).sum(), np.finfo(float).tiny))
+    if neg > PSF_NEGATIVE_TOLERANCE:
+        return k
+    print(f"--psf: {int((k < 0).sum())} negative pixels ({100 * neg:.3g}% of |flux|, noise of a measured PSF) "
+          "set to zero", file=sys.stderr)
+    return np.clip(k, 0.0, None)
 
 
 def write_model(out: Path, model_image: np.ndarray, light_img: np.ndarray | None, resid: np.ndarray,

@@ -345,3 +345,20 @@ def test_lenstronomy_hdf5_input_brings_its_noise_and_pixel_scale(rec, sim, tmp_p
     _files(tmp_path, image, np.full(image.shape, sigma))
     _refused(rec, ["--image", str(tmp_path / "image.fits"), "--method", "warren-dye", "--out", str(tmp_path / "s")],
              capsys, "--noise", "--sigma")
+
+
+def test_measured_psf_noise_is_clipped_and_a_negative_psf_refused(rec, sim, tmp_path, capsys):
+    """Small negative PSF pixels (Euclid's VIS_PSF has some) are noise: zeroed, with a note; a kernel
+    with 5% of its |flux| negative is refused naming --psf."""
+    image, sigma = sim
+    argv = _files(tmp_path, image, np.full(image.shape, sigma)) + ["--lens", LENS, "--method", "warren-dye",
+                                                                   "--source-n", "16"]
+    noisy = PSF.copy()
+    noisy[0, :3] = -1e-5
+    fits.PrimaryHDU(noisy).writeto(tmp_path / "psf.fits", overwrite=True)
+    assert rec.main(argv + ["--out", str(tmp_path / "a")]) == 0
+    assert "3 negative pixels" in capsys.readouterr().err
+    bad = PSF.copy()
+    bad[0, 0] = -0.05 * np.abs(PSF).sum()
+    fits.PrimaryHDU(bad).writeto(tmp_path / "psf.fits", overwrite=True)
+    _refused(rec, argv + ["--out", str(tmp_path / "b")], capsys, "--psf", "negative")
