@@ -536,6 +536,11 @@ def run(args) -> int:
         print(f"lens fit ({args.profile}{' + lens light' if args.lens_light else ''}): theta_E {p['theta_E']:.4f}, "
               f"q {p['q']:.3f}, centre ({p['center_x']:.3f}, {p['center_y']:.3f}) arcsec; chi2/N "
               f"{fit.chi2_per_pixel:.3f} over {fit.n_pixels} pixels; {fit.timings['total']:.1f} s", file=sys.stderr)
+        if not fit.hessian_ok:
+            print("warning: the log evidence is not curved downwards in every direction at the fitted lens: it may "
+                  "not be the optimum (in the validation on simulated lenses such fits had missed the true "
+                  "lens: docs/real_observations.md), and lens_std is from the clipped curvature. Check the residuals; try --crop, "
+                  "--mask or --profile.", file=sys.stderr)
 
     if args.method in ("rim", "rim+wd"):
         import rim

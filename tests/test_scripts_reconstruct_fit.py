@@ -114,7 +114,8 @@ def test_fit_without_lens_writes_fit_json(rec, sim, tmp_path, capsys):
         assert mask.sum() == r["n_pixels"] and np.isnan(resid[~mask]).all()
         assert np.mean(resid[mask].astype(float) ** 2) == pytest.approx(r["chi2_per_pixel"], rel=1e-4)
         np.testing.assert_allclose(hdul["MODEL"].data, image - resid * sigma, atol=1e-4 * sigma)
-        assert 0.5 < hdul[0].header["COH_Z2"] < 2.0 and hdul[0].header["COH_NPIX"] > 50
+        # the source pixels absorb part of the noise on the arcs: below 1, never the >> 1 of a missed arc
+        assert 0.2 < hdul[0].header["COH_Z2"] < 2.0 and hdul[0].header["COH_NPIX"] > 50
     print(f"fit without --lens: {wall:.1f} s")
 
 
