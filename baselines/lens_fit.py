@@ -3,7 +3,8 @@
 The semilinear method (Warren & Dye 2003; Suyu et al. 2006): for given lens parameters the source
 pixels (and, optionally, the amplitudes of the lens galaxy's light profiles) are linear and are
 marginalised analytically by :func:`baselines.invert`; the log evidence ``log P(d | lens)`` (with
-the regularization strength ``lam`` set by the evidence, see below) is then maximised over the non-linear lens parameters with :mod:`scipy.optimize`.
+the regularization strength ``lam`` set by the evidence, see below) is then maximised over the
+non-linear lens parameters with :mod:`scipy.optimize`.
 
 Comparability. Within a stage the source grid (its side and field of view), the mask, the
 regularization form, the lens-light basis (its widths and shape; it moves with the lens centre)
