@@ -38,9 +38,11 @@ lens is centred at (center_x, center_y) arcsec from the centre of the image. For
 (192 x 0.04 arcsec) when they differ; Warren-Dye works on the largest centred square cut-out at
 the native scale. Writes OUT/fit.json (DESIGN.md: "lens", "lens_std" (null for a given lens),
 "chi2_per_pixel" and "n_pixels" over the fitted pixels, "log_evidence" (null for the RIM alone),
-"method"), OUT/source.fits (header: method, grid, lens), OUT/fit.png (data, model, normalised
-residuals, source, lens light) and OUT/reconstruction.png. It never overwrites an earlier result
-(a folder holding source.fits, fit.json or a figure) without --overwrite; that is checked, like
+"method"), OUT/source.fits (header: method, grid, lens), OUT/model.fits (model, normalised
+residuals, mask, lens light; the residuals' coherence on the arcs in its header), OUT/fit.png
+(data, model, normalised residuals, source, lens light) and OUT/reconstruction.png. It never
+overwrites an earlier result (a folder holding source.fits, model.fits, fit.json or a figure)
+without --overwrite; that is checked, like
 every flag, before any work.
 
 For the RIM, --source-n (and the image) must fit the model: its source grid is fixed by its
@@ -539,8 +541,8 @@ def run(args) -> int:
         if not fit.hessian_ok:
             print("warning: the log evidence is not curved downwards in every direction at the fitted lens: it may "
                   "not be the optimum (in the validation on simulated lenses such fits had missed the true "
-                  "lens: docs/real_observations.md), and lens_std is from the clipped curvature. Check the residuals; try --crop, "
-                  "--mask or --profile.", file=sys.stderr)
+                  "lens: docs/real_observations.md), and lens_std is from the clipped curvature. Check the "
+                  "residuals; try --crop, --mask or --profile.", file=sys.stderr)
 
     if args.method in ("rim", "rim+wd"):
         import rim

@@ -93,7 +93,8 @@ def script_module(name: str) -> ModuleType:
 def benchmark_module(name: str) -> ModuleType:
     """Import ``benchmarks/<name>.py`` of this checkout as a module, registered in ``sys.modules``
     (its dataclasses resolve their annotations through it)."""
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py")
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod
     spec.loader.exec_module(mod)
