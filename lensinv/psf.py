@@ -217,7 +217,7 @@ def psf_from_fits(path: str | os.PathLike, hdu: int | str | None = None, clip_ne
         raise ValueError(f"hdu must be an HDU index (int) or name (str), got {hdu!r}")
     data = read_fits_image(path, int(hdu) if isinstance(hdu, np.integer) else hdu, name="PSF").data
     if clip_negative and np.all(np.isfinite(data)) and np.any(data < 0):
-        neg = -data[data < 0].sum() / max(np.abs(data).sum(), np.finfo(float).tiny)
+        neg = negative_flux_fraction(data)
         log.warning("PSF %s: clipping negative pixels (%.3g of |flux|) to zero", os.fspath(path), neg)
         data = np.clip(data, 0.0, None)
     return validate_kernel(data, name=f"PSF from {os.fspath(path)!r}")
@@ -230,6 +230,12 @@ def _odd_size(size: int) -> int:
     if size > MAX_KERNEL_SIZE:
         raise ValueError(f"size must be an odd integer <= {MAX_KERNEL_SIZE} (pixels per side), got {size}")
     return size
+
+
+def negative_flux_fraction(kernel: np.ndarray) -> float:
+    """The fraction of a kernel's absolute flux in its negative pixels (0 for none)."""
+    k = np.asarray(kernel, dtype=np.float64)
+    return float(-k[k < 0].sum() / max(np.abs(k).sum(), np.finfo(float).tiny))
 
 
 def kernel_fwhm(kernel: np.ndarray) -> float:

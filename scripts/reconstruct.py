@@ -73,7 +73,7 @@ from lensinv.cli import int_at_least, positive_float, shard_spec  # noqa: E402
 from lensinv.io import (atomic_write, is_hdf5, read_fits_image, read_lenstronomy_image,  # noqa: E402
                         read_lenstronomy_psf, write_text_atomic)
 from lensinv.metrics import ResidualCoherence, residual_coherence  # noqa: E402
-from lensinv.psf import kernel_fwhm  # noqa: E402
+from lensinv.psf import kernel_fwhm, negative_flux_fraction  # noqa: E402
 
 LENS_KEYS = ("theta_E", "q", "phi", "gamma", "gamma_phi", "center_x", "center_y")
 #: the files of a result: an --out folder holding one of them is not overwritten without --overwrite
@@ -663,7 +663,7 @@ def clip_psf_noise(kernel: np.ndarray) -> np.ndarray:
     k = np.asarray(kernel, dtype=np.float64)
     if k.ndim != 2 or not np.all(np.isfinite(k)) or not np.any(k < 0):
         return k
-    neg = float(-k[k < 0].sum() / max(np.abs(k).sum(), np.finfo(float).tiny))
+    neg = negative_flux_fraction(k)
     if neg > PSF_NEGATIVE_TOLERANCE:
         return k
     print(f"--psf: {int((k < 0).sum())} negative pixels ({100 * neg:.3g}% of |flux|, noise of a measured PSF) "
