@@ -634,12 +634,14 @@ def run(args) -> int:
 
     resid = np.where(fitted, (image - model_image) / sigma, np.nan)
     coherence = write_model(args.out, model_image, light_img, resid, fitted, sigma, kernel, grid.pixel_scale)
-    panels = [(np.where(use, image, np.nan), grid.extent, "data", {}),
-              (model_image, grid.extent, "model", {}),
+    bright = {} if light_img is None else {"norm": brightness_norm(image[use], sigma[use])}
+    panels = [(np.where(use, image, np.nan), grid.extent, "data", bright),
+              (model_image, grid.extent, "model", bright),
               (resid, grid.extent, "normalised residual (fitted pixels)", {"cmap": "RdBu_r", "vmin": -5, "vmax": 5}),
               (source, source_grid.extent, f"source ({args.method})", {})]
-    if light_img is not None:
-        panels.append((light_img, grid.extent, "lens light", {}))
+    if light_img is not None:  # the lensed light itself, and the light model on the data's stretch
+        panels += [(np.where(use, image - light_img, np.nan), grid.extent, "data - lens light", {}),
+                   (light_img, grid.extent, "lens light", bright)]
     save_figure(args.out / "fit.png", panels)
     save_figure(args.out / "reconstruction.png", [panels[0], panels[3], panels[1], panels[2]])
     print(f"wrote {args.out / 'source.fits'}, model.fits, fit.json, fit.png and reconstruction.png "
@@ -730,6 +732,15 @@ def write_source(out: Path, source: np.ndarray, source_grid: lensinv.SourceGrid,
     hdr["COMMENT"] = "lensinv source reconstruction; pixel (0,0) at (-(n-1)/2, -(n-1)/2)*PIXSCALE arcsec"
     with atomic_write(out / "source.fits") as f:
         fits.PrimaryHDU(np.asarray(source, dtype=np.float32), header=hdr).writeto(f)
+
+
+def brightness_norm(values: np.ndarray, sigma: np.ndarray) -> matplotlib.colors.Normalize:
+    """An asinh stretch, linear up to about the noise level and logarithmic above it, for images
+    with a bright lens galaxy (a linear scale shows its core alone), from 0 to the 99.9th
+    percentile of ``values``."""
+    noise = float(np.median(sigma))
+    return matplotlib.colors.AsinhNorm(linear_width=max(noise, 1e-300), vmin=min(0.0, float(np.percentile(values, 1))),
+                                       vmax=float(np.percentile(values, 99.9)))
 
 
 def save_figure(path: Path, panels: list) -> None:

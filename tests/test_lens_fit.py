@@ -99,7 +99,8 @@ def test_fit_with_lens_light_recovers_lens_and_light():
     assert abs(fit.light_q - 0.8) < 0.03
     # the light model matches the true light to well within the noise per pixel
     assert np.sqrt(np.mean((fit.lens_light - light_img) ** 2)) < 0.5 * sigma
-    assert fit.light_amplitudes.shape == (12,)
+    assert fit.light_amplitudes.shape == (13,)  # 12 Gaussians and the sky
+    assert abs(fit.light_amplitudes[-1]) < 0.1 * sigma  # no sky in the simulation
     assert 0.8 < fit.chi2_per_pixel < 1.2
 
 
@@ -132,9 +133,11 @@ def test_annular_mask():
 
 
 def test_mge_basis():
-    light = MGELight(n_components=5, q=0.7, phi=0.2)
+    light = MGELight(n_components=5, q=0.7, phi=0.2, sky=False)
     B = light.basis(IG, (0.05, -0.03), None)
     assert B.shape == (IG.size, 5) and np.all(B >= 0)
+    with_sky = MGELight(n_components=5, q=0.7, phi=0.2).basis(IG, (0.05, -0.03), PSF)
+    assert with_sky.shape == (IG.size, 6) and np.all(with_sky[:, -1] == 1.0)
     # the widest component peaks (about 1) at the centre's pixel and is elongated along phi
     img = B[:, -1].reshape(IG.shape)
     assert img.max() == pytest.approx(1.0, abs=1e-3)
@@ -142,7 +145,7 @@ def test_mge_basis():
     assert np.allclose(np.sum(light.basis(IG, (0.0, 0.0), PSF), axis=0)[:3],
                        np.sum(light.basis(IG, (0.0, 0.0), None), axis=0)[:3], rtol=1e-3)
     for kw, name in (({"n_components": 0}, "n_components"), ({"q": 1.5}, "q"), ({"sigma_min": -1}, "sigma_min"),
-                     ({"sigma_min": 2.0, "sigma_max": 1.0}, "sigma_max")):
+                     ({"sigma_min": 2.0, "sigma_max": 1.0}, "sigma_max"), ({"sky": "yes"}, "sky")):
         with pytest.raises(ValueError, match=name):
             MGELight(**kw)
 
@@ -322,3 +325,54 @@ def test_circle_center_is_not_pulled_by_an_asymmetric_arc():
     line = np.zeros_like(on)
     line[40, 10:80] = True  # collinear: undetermined
     assert _circle_center(ig, line) is None
+
+
+def _light_problem(image: np.ndarray, sigma: float, light: MGELight):
+    from baselines.lens_fit import _Problem, _Space
+    from baselines.regularization import get_regularization
+
+    return _Problem(image.reshape(-1), np.full(IG.size, sigma), np.ones(IG.size, bool), IG, PSF,
+                    get_regularization("gradient"), _Space(True, False), light, 0.8, 0.3,
+                    100.0 * float(np.abs(image).max()), None)
+
+
+def test_light_alone_is_non_negative_and_the_sky_takes_either_sign():
+    """Two Gaussians of the basis, a negative sky pedestal and noise: the amplitudes found are the
+    true ones (the others near zero, none negative) and the sky comes out negative."""
+    from baselines.lens_fit import _light_solve
+
+    light = MGELight(n_components=8, q=0.8, phi=0.3, sigma_min=0.03, sigma_max=1.0)
+    B = light.basis(IG, (0.0, 0.0), PSF)
+    true = np.zeros(light.n_columns)
+    true[2], true[6], true[-1] = 5.0, 1.0, -0.05
+    rng = np.random.default_rng(3)
+    image = B @ true + rng.normal(0.0, 0.01, IG.size)
+    prob = _light_problem(image, 0.01, light)
+    a, chi2 = _light_solve(prob, B, prob.use)
+    assert np.all(a[:-1] >= 0.0)
+    np.testing.assert_allclose(a[[2, 6]], [5.0, 1.0], rtol=0.03)
+    assert a[-1] == pytest.approx(-0.05, abs=0.005)
+    assert chi2 == pytest.approx(IG.size, rel=0.05)
+    # the unconstrained solution of the same overlapping Gaussians has negative amplitudes
+    assert np.linalg.lstsq(B, image, rcond=None)[0][:-1].min() < 0.0
+
+
+def test_geometry_takes_arcs_not_a_bright_galaxy_misfit():
+    """A bright galaxy (n = 4 Sersic: not a sum of the basis's Gaussians, so the light-alone fit
+    leaves a smooth misfit of many sigma once smoothed) and two arcs at 0.9" about its centre:
+    the geometry's arcs are those two, their radius 0.9"."""
+    from baselines.lens_fit import _geometry
+
+    x, y = IG.coordinates()
+    r = np.hypot(x, y)
+    galaxy = fftconvolve(200.0 * np.exp(-7.67 * ((np.hypot(x, y / 0.85) / 0.4) ** 0.25 - 1)), PSF, mode="same")
+    ang = np.arctan2(y, x)
+    arcs = np.exp(-0.5 * ((r - 0.9) / 0.05) ** 2) * ((np.abs(ang - 0.5) < 0.6) | (np.abs(ang + 2.3) < 0.3))
+    rng = np.random.default_rng(4)
+    image = galaxy + fftconvolve(10.0 * arcs, PSF, mode="same") + rng.normal(0.0, 0.02, IG.shape)
+    geo = _geometry(_light_problem(image, 0.02, MGELight()), 3.0)
+    assert geo.radius == pytest.approx(0.9, abs=0.05)
+    assert math.hypot(*geo.center) < 0.02
+    on = geo.significant
+    assert on.sum() > 20 and np.all(np.abs(r[on] - 0.9) < 0.3)
+    assert geo.light_columns is not None and geo.light_columns[-1]
