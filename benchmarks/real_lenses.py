@@ -88,6 +88,7 @@ class Outcome:
     n_pixels: int
     coherence_mean_z2: float | None
     coherence_fraction_above_3: float | None
+    coherence_relative: float | None  # the arcs' mean z^2 over the background's (correlated noise)
     wall_s: float | None
 
 
@@ -124,20 +125,22 @@ def outcome(lens: RealLens, out: Path) -> Outcome:
     return Outcome(name=lens.name, theta_E=p["theta_E"], theta_E_std=s.get("theta_E"), compared=compared,
                    target=lens.published, within=within, q=p["q"], chi2_per_pixel=r["chi2_per_pixel"],
                    n_pixels=r["n_pixels"], coherence_mean_z2=h.get("COH_Z2"),
-                   coherence_fraction_above_3=h.get("COH_F3"), wall_s=wall)
+                   coherence_fraction_above_3=h.get("COH_F3"), coherence_relative=h.get("COH_Z2R"),
+                   wall_s=wall)
 
 
 def table(rows: list[Outcome]) -> str:
     lines = ["| lens | theta_E (\") | compared | published | within | q | chi2/N | arcs: mean z^2 | "
-             "arcs: \\|z\\|>3 | wall (s) |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "arcs: \\|z\\|>3 | arcs / background z^2 | wall (s) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for o in rows:
         std = "" if o.theta_E_std is None else f" +- {o.theta_E_std:.4f}"
         z2 = "-" if o.coherence_mean_z2 is None else f"{o.coherence_mean_z2:.2f}"
         f3 = "-" if o.coherence_fraction_above_3 is None else f"{100 * o.coherence_fraction_above_3:.1f}%"
         wall = "-" if o.wall_s is None else f"{o.wall_s:.0f}"
+        rel = "-" if o.coherence_relative is None else f"{o.coherence_relative:.2f}"
         within = {None: "-", True: "yes", False: "**no**"}[o.within]
         lines.append(f"| {o.name} | {o.theta_E:.4f}{std} | {o.compared:.4f} | {o.target} | {within} | {o.q:.3f} | "
-                     f"{o.chi2_per_pixel:.3f} | {z2} | {f3} | {wall} |")
+                     f"{o.chi2_per_pixel:.3f} | {z2} | {f3} | {rel} | {wall} |")
     return "\n".join(lines) + "\n"
 
 

@@ -66,17 +66,24 @@ class ResidualCoherence:
 
     For residuals that are white noise ``mean_z2`` is about 1, ``fraction_above_3`` about 0.003 and
     ``max_abs_z`` a few (it grows slowly with the region's size); a coherent residual (an arc the
-    model misses) raises all three.
+    model misses) raises all three. ``reference_rms`` is the rms of ``z`` over the reference
+    region where one was given (1 for white noise; larger where the noise is correlated, as in
+    drizzled images, or the background is misfitted), and ``mean_z2_relative`` is ``mean_z2``
+    divided by its square: about 1 where the arcs' residuals are no more coherent than the
+    background's (NaN without a reference).
     """
 
     n_pixels: int
     mean_z2: float
     fraction_above_3: float
     max_abs_z: float
+    reference_rms: float = math.nan
+    mean_z2_relative: float = math.nan
 
 
 def residual_coherence(normalised_residual: np.ndarray, mask: np.ndarray, scale: float,
-                       region: np.ndarray | None = None) -> ResidualCoherence:
+                       region: np.ndarray | None = None,
+                       reference: np.ndarray | None = None) -> ResidualCoherence:
     """How coherent the residuals are on scales of ``scale`` pixels.
 
     The normalised residuals ``(data - model) / sigma`` on the pixels of ``mask`` are smoothed with
@@ -95,6 +102,10 @@ def residual_coherence(normalised_residual: np.ndarray, mask: np.ndarray, scale:
         Smoothing scale (pixels, > 0).
     region : ndarray of bool, optional
         ``(n, n)`` pixels to summarise (e.g. the arcs); intersected with ``mask``.
+    reference : ndarray of bool, optional
+        ``(n, n)`` pixels where the model holds no signal to misfit (e.g. the background away
+        from the arcs and the lens); intersected with ``mask``. Calibrates ``z``'s actual
+        spread (``reference_rms``, ``mean_z2_relative``); at least 50 pixels.
     """
     r = np.asarray(normalised_residual, dtype=float)
     m = np.asarray(mask, dtype=bool)
@@ -119,6 +130,19 @@ def residual_coherence(normalised_residual: np.ndarray, mask: np.ndarray, scale:
     use = region & (cover >= 0.5)
     if not use.any():
         raise ValueError("region holds no pixel where the mask covers half the smoothing kernel")
-    z = smooth[use] / np.sqrt(g2[use])
-    return ResidualCoherence(n_pixels=int(use.sum()), mean_z2=float(np.mean(z**2)),
-                             fraction_above_3=float(np.mean(np.abs(z) > 3)), max_abs_z=float(np.max(np.abs(z))))
+    zmap = smooth / np.sqrt(np.maximum(g2, 1e-300))
+    z = zmap[use]
+    mean_z2 = float(np.mean(z**2))
+    ref_rms = rel = math.nan
+    if reference is not None:
+        ref = np.asarray(reference, dtype=bool)
+        if ref.shape != r.shape:
+            raise ValueError(f"reference must have the residuals' shape {r.shape}, got {ref.shape}")
+        ref = ref & m & (cover >= 0.5)
+        if ref.sum() < 50:
+            raise ValueError(f"reference holds {int(ref.sum())} usable pixels: at least 50 are needed")
+        ref_rms = float(np.sqrt(np.mean(zmap[ref] ** 2)))
+        rel = mean_z2 / ref_rms**2
+    return ResidualCoherence(n_pixels=int(use.sum()), mean_z2=mean_z2,
+                             fraction_above_3=float(np.mean(np.abs(z) > 3)), max_abs_z=float(np.max(np.abs(z))),
+                             reference_rms=ref_rms, mean_z2_relative=rel)

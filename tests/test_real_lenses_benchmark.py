@@ -37,7 +37,7 @@ def _result(out: Path, theta: float, q: float, coherence: float | None = 1.1) ->
                                               "method": "warren-dye"}))
     h = fits.Header()
     if coherence is not None:
-        h["COH_Z2"], h["COH_F3"] = coherence, 0.004
+        h["COH_Z2"], h["COH_F3"], h["COH_Z2R"] = coherence, 0.004, 0.9
     fits.HDUList([fits.PrimaryHDU(header=h), fits.ImageHDU(np.zeros((3, 3), np.float32), name="MODEL")]).writeto(
         out / "model.fits")
     (out / "wall_s.txt").write_text("321.0\n")
@@ -53,9 +53,10 @@ def test_outcomes_against_published_values(real, tmp_path):
     assert [o.within for o in rows] == [True, False, True, None]
     assert rows[2].compared == pytest.approx(0.8 * 1.54 / (2 * math.sqrt(0.54)))
     assert rows[0].compared == 1.60 and rows[0].wall_s == 321.0 and rows[0].coherence_mean_z2 == 1.1
-    assert rows[1].coherence_mean_z2 is None
+    assert rows[1].coherence_mean_z2 is None and rows[1].coherence_relative is None
+    assert rows[0].coherence_relative == 0.9
     text = real.table(rows)
-    assert text.count("\n") == 6 and "**no**" in text and "| sl2s | 1.2000 +- 0.0100 |" in text
+    assert text.count("\n") == 6 and "**no**" in text and "| sl2s | 1.2000 +- 0.0100 |" in text and "| 0.90 | 321 |" in text
 
 
 def test_flags_refused(real, tmp_path, capsys):

@@ -116,6 +116,9 @@ def test_fit_without_lens_writes_fit_json(rec, sim, tmp_path, capsys):
         np.testing.assert_allclose(hdul["MODEL"].data, image - resid * sigma, atol=1e-4 * sigma)
         # the source pixels absorb part of the noise on the arcs: below 1, never the >> 1 of a missed arc
         assert 0.2 < hdul[0].header["COH_Z2"] < 2.0 and hdul[0].header["COH_NPIX"] > 50
+        # white noise: the background's smoothed residuals have unit rms, so the calibrated value agrees
+        assert 0.8 < hdul[0].header["COH_BKG"] < 1.2
+        assert hdul[0].header["COH_Z2R"] == pytest.approx(hdul[0].header["COH_Z2"] / hdul[0].header["COH_BKG"] ** 2)
     print(f"fit without --lens: {wall:.1f} s")
 
 
