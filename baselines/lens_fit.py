@@ -39,7 +39,7 @@ Stages (no starting guess needed):
 Lens light: a multi-Gaussian expansion (:class:`MGELight`), Gaussians of fixed widths centred on
 the lens centre with one axis ratio and orientation (measured from the light's second moments
 unless given), convolved with the PSF, and a uniform sky level. In the geometry stage the light
-is fitted alone with non-negative Gaussian amplitudes (NNLS), first on every pixel, then without
+is fitted alone with non-negative Gaussian amplitudes (bounded least squares), first on every pixel, then without
 the significant excess it leaves (the arcs, neighbours); the arcs are then the residual light that
 stands out of the residual's own median and robust spread (a bright galaxy's smooth misfit is
 many sigma when smoothed) and exceeds ``ARC_CONTRAST`` of the galaxy's light. The Gaussians that
@@ -673,8 +673,8 @@ def _light_shape(sm: np.ndarray, peak_ij: tuple[int, int]) -> tuple[float, float
 
 def _light_solve(prob: _Problem, B: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, float]:
     """Non-negative amplitudes of the light basis alone (weighted least squares with the
-    amplitudes' prior, bounded-variable least squares on the Cholesky factor of the normal
-    matrix) on the pixels ``rows`` (flat bool), and their chi2 there. A galaxy's light is a sum of
+    amplitudes' prior, bounded-variable least squares on a square-root factor of the
+    column-scaled normal matrix) on the pixels ``rows`` (flat bool), and their chi2 there. A galaxy's light is a sum of
     positive Gaussians: unconstrained amplitudes of the overlapping wide Gaussians ring with
     alternating signs of thousands of times the data (measured on SLACS 1430+4105), and the arcs
     found in the residual of that are no arcs. The sky's amplitude (last column, where modelled)
@@ -833,7 +833,6 @@ def _geometry(prob: _Problem, significance: float) -> _Geometry:
             excess = (ndimage.gaussian_filter(np.where(use.reshape(n, n), resid, 0.0), smooth, mode="constant")
                       > np.maximum(significance * noise_sm, floor)) & (r_img > exclude)
             rows = use & ~ndimage.binary_dilation(excess, iterations=grow).reshape(-1)
-        prob._geo_resid = resid
         light_columns = a != 0  # the Gaussians NNLS kept, and the sky
         log.info("lens light alone: amplitudes %s", np.array2string(a, precision=4))
     log.info("geometry: centre (%.3f, %.3f) arcsec, ring radius %.3f arcsec, %d significant pixels%s",
