@@ -11,7 +11,8 @@ from .base import (DEFLECTION_SIGNATURE, MassProfile, deflection_kernel, lenstro
 from .sie import SIE
 from .shear import ExternalShear
 from .epl import EPL
+from .shift import Shift
 from .lens import Lens
 
-__all__ = ["DEFLECTION_SIGNATURE", "EPL", "ExternalShear", "Lens", "MassProfile", "SIE", "deflection_kernel",
+__all__ = ["DEFLECTION_SIGNATURE", "EPL", "ExternalShear", "Lens", "MassProfile", "SIE", "Shift", "deflection_kernel",
            "lenstronomy_class", "profile_class", "profiles", "register"]
