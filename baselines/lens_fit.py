@@ -26,8 +26,15 @@ Stages (no starting guess needed):
    block means, the PSF the kernel boxed and resampled), a small source grid
    (``FitConfig.coarse_source_n`` pixels, a field of view set by the ring's radius) and one
    sub-pixel per binned pixel: a scan over centre candidates (without lens light: the arcs' flux
-   centroid, the centre of the circle through them and the image's centre), ``theta_E`` and the
-   ellipticity, then Nelder-Mead over all parameters from the best two basins.
+   centroid, the centre of the circle through them, the image's centre and, where the arcs
+   fall into separate images, their mean position and for a double the point an isothermal
+   lens implies from their flux ratio), ``theta_E`` and the ellipticity (``SCAN_E``, q down
+   to 0.35), then short Nelder-Mead runs over all parameters from the best scan points of
+   ``COARSE_STARTS`` different basins, continued from the best two (successive halving: the
+   evidence's basin in ``theta_E`` is a few per cent wide, and the scan's best point often lies
+   in a neighbouring, worse one). Here the source grid sits on each lens's centre
+   (a constant deflection, :class:`lensinv.Shift`, which nothing observable depends on), so a
+   candidate far from the image's centre needs no wider, coarser grid for every lens.
 2. Refinement on the full source grid (its field of view from the coarse lens: the significant
    pixels traced back to the source plane), Nelder-Mead restarted from its own optimum
    (the EPL's slope is freed here).
@@ -88,6 +95,13 @@ PROFILES = ("SIE", "EPL")
 MIN_RING_PIXELS = 8
 #: lensed light must exceed this fraction of the lens galaxy's modelled light to locate the arcs
 ARC_CONTRAST = 0.1
+#: a group of significant pixels with less flux than this fraction of the brightest group's is
+#: no lensed image (see ``_images``)
+MIN_IMAGE_FLUX = 0.02
+#: ellipticities |e| the coarse scan tries (q = (1 - e) / (1 + e))
+SCAN_E = (0.0, 0.08, 0.16, 0.24, 0.32, 0.40, 0.48)
+#: scan points (from different basins) the coarse stage starts Nelder-Mead from
+COARSE_STARTS = 6
 
 
 # --------------------------------------------------------------------------------------------------
@@ -275,7 +289,9 @@ class FitConfig:
         (``"fixed"``, about 2.7 times cheaper per evaluation; the reported evidence is at the
         optimised ``lam``), or re-optimised at every evaluation (module docstring).
     coarse_evaluations, refine_evaluations : int
-        Most evidence evaluations of each Nelder-Mead run.
+        Most evidence evaluations of the coarse stage's Nelder-Mead runs (half shared by the short
+        runs from ``COARSE_STARTS`` scan points, a quarter for each of the best two), and of each
+        refinement run.
     uncertainties : bool
         Estimate the curvature of the log evidence at the optimum.
     light_prior_std : float, optional
@@ -300,7 +316,7 @@ class FitConfig:
     source_margin: float = 1.25
     coarse_pixel: float = 0.12
     lam_mode: str = "fixed"
-    coarse_evaluations: int = 500
+    coarse_evaluations: int = 1000
     refine_evaluations: int = 500
     uncertainties: bool = True
     light_prior_std: Optional[float] = None
@@ -522,13 +538,25 @@ class _Problem:
         #: (x, y) arcsec of this problem's grid centre minus the fit's frame (a binned grid's trim)
         self.shift = (0.0, 0.0)
 
-    def lens(self, space: "_Space", x: np.ndarray) -> lensinv.Lens:
-        """The lens of parameter vector ``x`` (the fit's frame) in this problem's grid frame."""
+    def lens(self, space: "_Space", x: np.ndarray, centred: bool = False) -> lensinv.Lens:
+        """The lens of parameter vector ``x`` (the fit's frame) in this problem's grid frame.
+
+        ``centred``: with a constant deflection (:class:`lensinv.Shift`) that puts the source
+        grid's centre where the lens centre's ray lands (the centre less the shear's deflection
+        there; the main profile does not deflect its central ray). A uniform deflection is not
+        observable, so this only places the finite source grid on the lens's source plane rather
+        than on the image's centre, and every lens is compared on a grid at its own caustics."""
         if self.shift != (0.0, 0.0):
             x = np.array(x, dtype=np.float64)
             x[3] -= self.shift[0]
             x[4] -= self.shift[1]
-        return space.lens(x)
+        lens = space.lens(x)
+        if not centred:
+            return lens
+        c = lens.components[0].center
+        cx, cy = np.array([float(c[0])]), np.array([float(c[1])])
+        sx, sy = lensinv.Lens(*lens.components[1:]).raytrace(cx, cy) if len(lens.components) > 1 else (cx, cy)
+        return lensinv.Lens(*lens.components, lensinv.Shift(float(sx[0]), float(sy[0])))
 
     def basis(self, center: tuple[float, float]) -> Optional[np.ndarray]:
         if self.light is None:
@@ -554,7 +582,8 @@ class _Problem:
     def log_evidence(self, x: np.ndarray, stage: "_Stage") -> float:
         self.evaluations[stage.name] = self.evaluations.get(stage.name, 0) + 1
         try:
-            res, _, _ = self.invert(self.lens(stage.space, x), stage.source_grid, stage.supersample, stage.lam)
+            res, _, _ = self.invert(self.lens(stage.space, x, stage.centred), stage.source_grid, stage.supersample,
+                                    stage.lam)
             value = float(res.log_evidence)
         except (ValueError, NotPositiveDefiniteError, np.linalg.LinAlgError) as exc:
             log.debug("no evidence at %s: %s", x, exc)
@@ -575,6 +604,7 @@ class _Stage:
     source_grid: SourceGrid
     supersample: int
     lam: Optional[float] = None
+    centred: bool = False  # the source grid on each lens's centre (_Problem.lens)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -652,6 +682,7 @@ class _Geometry:
     light_phi: float
     from_light: bool  # the centre is the lens light's (else the arcs' flux centroid)
     light_columns: Optional[np.ndarray] = None  # the light basis's columns kept (non-zero alone)
+    images: list = field(default_factory=list)  # the lensed images (x, y, flux), brightest first
 
 
 def _light_shape(sm: np.ndarray, peak_ij: tuple[int, int]) -> tuple[float, float, tuple[float, float]]:
@@ -726,9 +757,11 @@ def _light_shape_fit(prob: _Problem, center: tuple[float, float], q: float, phi:
 
 def _arcs(prob: _Problem, resid: np.ndarray, noise_sm: np.ndarray, smooth: float, significance: float,
           center: Optional[tuple[float, float]], exclude: float,
-          floor: Optional[np.ndarray] = None) -> tuple[np.ndarray, tuple[float, float], float, np.ndarray]:
+          floor: Optional[np.ndarray] = None) -> tuple[np.ndarray, tuple[float, float], float, np.ndarray, list]:
     """Significant residual pixels, the centre (their flux centroid where none is given), the
-    flux-weighted median radius about it and the smoothed flux on the significant pixels.
+    flux-weighted median radius about it, the smoothed flux on the significant pixels, and the
+    lensed images (:func:`_images`, before stray pixels far from the centroid are dropped: a
+    double's faint image can lie three ring radii from its flux centroid).
 
     Without ``floor`` a pixel is significant where the smoothed residual exceeds ``significance``
     times the smoothed white noise. With ``floor`` (the residual of a lens-light model, whose
@@ -753,6 +786,7 @@ def _arcs(prob: _Problem, resid: np.ndarray, noise_sm: np.ndarray, smooth: float
         raise ValueError("the image shows no significant lensed light (arcs) to fit a lens to: "
                          f"fewer than 5 pixels above {significance} sigma of the smoothed residual")
     flux = np.where(significant, sm, 0.0)
+    images = _images(grid, significant, flux)
     if center is None:
         tot = flux.sum()
         center = (float((flux * x).sum() / tot), float((flux * y).sum() / tot))
@@ -761,7 +795,7 @@ def _arcs(prob: _Problem, resid: np.ndarray, noise_sm: np.ndarray, smooth: float
     # are taken for no arcs: they would widen the source grid traced from them
     r_all = np.hypot(x - center[0], y - center[1])
     significant &= (r_all < 2.0 * radius) & (r_all > 0.5 * radius)
-    return significant, center, radius, flux
+    return significant, center, radius, flux, images
 
 
 def _ring_radius(grid: ImageGrid, significant: np.ndarray, flux: np.ndarray, center: tuple[float, float]) -> float:
@@ -800,7 +834,7 @@ def _geometry(prob: _Problem, significance: float) -> _Geometry:
     light_q, light_phi = 1.0, 0.0
     light_columns = None
     if prob.light is None:
-        significant, center, radius, flux = _arcs(prob, img, noise_sm, smooth, significance, None, 0.0)
+        significant, center, radius, flux, images = _arcs(prob, img, noise_sm, smooth, significance, None, 0.0)
     else:
         x, y = grid.coordinates()
         sm = ndimage.gaussian_filter(img, smooth, mode="constant")
@@ -827,8 +861,8 @@ def _geometry(prob: _Problem, significance: float) -> _Geometry:
             # lensed light stands out against the galaxy's: a bright galaxy's slight misfit (a few
             # per cent of it, yet many sigma smoothed) is no arc
             floor = ARC_CONTRAST * ndimage.gaussian_filter(galaxy, smooth, mode="constant")
-            significant, center, radius, flux = _arcs(prob, resid, noise_sm, smooth, significance, center, exclude,
-                                                      floor)
+            significant, center, radius, flux, images = _arcs(prob, resid, noise_sm, smooth, significance, center,
+                                                              exclude, floor)
             r_img = np.hypot(x - center[0], y - center[1])
             excess = (ndimage.gaussian_filter(np.where(use.reshape(n, n), resid, 0.0), smooth, mode="constant")
                       > np.maximum(significance * noise_sm, floor)) & (r_img > exclude)
@@ -840,7 +874,7 @@ def _geometry(prob: _Problem, significance: float) -> _Geometry:
              "" if prob.light is None else f", light q {light_q:.3f}, phi {light_phi:.3f}")
     return _Geometry(center=center, radius=radius, significant=significant, flux=np.where(significant, flux, 0.0),
                      light_q=float(light_q), light_phi=float(light_phi), from_light=prob.light is not None,
-                     light_columns=light_columns)
+                     light_columns=light_columns, images=images)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -874,7 +908,7 @@ def _stage_lam(prob: _Problem, stage: _Stage, x: np.ndarray, mode: str) -> _Stag
     or free (``"optimise"``)."""
     if mode != "fixed":
         return replace(stage, lam=None)
-    res, _, _ = prob.invert(prob.lens(stage.space, x), stage.source_grid, stage.supersample)
+    res, _, _ = prob.invert(prob.lens(stage.space, x, stage.centred), stage.source_grid, stage.supersample)
     return replace(stage, lam=res.lam)
 
 
@@ -884,29 +918,75 @@ def _best_of(prob: _Problem, stage: _Stage, candidates: list[np.ndarray]) -> tup
     return candidates[k], values[k]
 
 
-def _center_candidates(prob: _Problem, geo: _Geometry) -> list[tuple[float, float]]:
-    """Lens centres the coarse scan tries: the lens light's centre where it was measured; else the
-    arcs' flux centroid, the centre of the circle through them and the image's centre (where
-    cut-outs put the lens), each kept once (within two pixels of another)."""
+def _images(grid: ImageGrid, significant: np.ndarray, flux: np.ndarray) -> list[tuple[float, float, float]]:
+    """The lensed images: 8-connected groups of significant pixels, each as its flux-weighted
+    centroid (arcsec) and flux, brightest first; groups under ``MIN_IMAGE_FLUX`` of the
+    brightest's flux (noise specks) are left out."""
+    labels, k = ndimage.label(significant, structure=np.ones((3, 3)))
+    if k == 0:
+        return []
+    x, y = grid.coordinates()
+    idx = np.arange(1, k + 1)
+    f = np.asarray(ndimage.sum(flux, labels, idx))
+    fx = np.asarray(ndimage.sum(flux * x, labels, idx))
+    fy = np.asarray(ndimage.sum(flux * y, labels, idx))
+    keep = f >= MIN_IMAGE_FLUX * f.max()
+    out = [(float(fx[i] / f[i]), float(fy[i] / f[i]), float(f[i])) for i in np.flatnonzero(keep)]
+    return sorted(out, key=lambda t: -t[2])
+
+
+def _candidates(prob: _Problem, geo: _Geometry) -> list[tuple[tuple[float, float], float]]:
+    """Lens centres and ring radii (arcsec) the coarse scan tries.
+
+    With lens light: the light's centre. Else the arcs' flux centroid, the centre of the circle
+    through them and the image's centre (where cut-outs put the lens), each with the
+    flux-weighted median radius about it; and, where the arcs fall into two or more images, the
+    images' mean position with their mean distance from it (a quad's or a ring's centre), and for
+    two images the point between them that an isothermal lens implies (image distances from the
+    centre in the ratio of their fluxes, ``theta_E`` half their separation): the flux centroid
+    of a double sits near its bright image, far from the lens. A candidate within two pixels
+    and 10% in radius of an earlier one is dropped."""
+    grid = prob.grid
     if geo.from_light:
-        return [geo.center]
-    out: list[tuple[float, float]] = []
-    for c in (geo.center, _circle_center(prob.grid, geo.significant), (0.0, 0.0)):
-        if c is not None and all(math.hypot(c[0] - o[0], c[1] - o[1]) > 2 * prob.grid.delta for o in out):
-            out.append(c)
+        return [(geo.center, _ring_radius(grid, geo.significant, geo.flux, geo.center))]
+    out: list[tuple[tuple[float, float], float]] = []
+
+    def add(c: Optional[tuple[float, float]], R: Optional[float] = None) -> None:
+        if c is None:
+            return
+        R = _ring_radius(grid, geo.significant, geo.flux, c) if R is None else max(float(R), 2.0 * grid.delta)
+        if all(math.hypot(c[0] - o[0], c[1] - o[1]) > 2 * grid.delta or abs(R / r - 1) > 0.1 for o, r in out):
+            out.append(((float(c[0]), float(c[1])), R))
+
+    for c in (geo.center, _circle_center(grid, geo.significant), (0.0, 0.0)):
+        add(c)
+    images = geo.images
+    if len(images) >= 2:
+        p = np.array([(a, b) for a, b, _ in images])
+        m = p.mean(axis=0)
+        add((m[0], m[1]), float(np.mean(np.hypot(*(p - m).T))))
+    if len(images) == 2:
+        (x1, y1, f1), (x2, y2, f2) = images
+        t = f1 / (f1 + f2)
+        add((x1 + t * (x2 - x1), y1 + t * (y2 - y1)), 0.5 * math.hypot(x2 - x1, y2 - y1))
     return out
 
 
-def _coarse(prob: _Problem, coarse: _Problem, geo: _Geometry, cfg: FitConfig,
-            shear: bool) -> tuple[np.ndarray, float, _Stage]:
-    """Stage 1 on the ``coarse`` (binned) problem: a scan over centre candidates, ``theta_E`` and
-    the ellipticity, then Nelder-Mead from the best and from the best of another basin."""
+def _coarse(coarse: _Problem, candidates: list[tuple[tuple[float, float], float]], geo: _Geometry,
+            cfg: FitConfig, shear: bool) -> tuple[np.ndarray, float, _Stage]:
+    """Stage 1 on the ``coarse`` (binned) problem: a scan over the ``candidates`` (centre, ring
+    radius), ``theta_E`` and the ellipticity, then Nelder-Mead from the best and from the best of
+    another basin. The source grid sits on each lens's centre (``_Problem.lens``), one size for
+    every candidate (their evidences are compared): the largest ring radius times
+    ``source_fov_factor``."""
     space = _Space(shear=shear, epl=False)
-    centers = _center_candidates(prob, geo)
-    radii = [_ring_radius(prob.grid, geo.significant, geo.flux, c) for c in centers]
-    # one source grid for every candidate (their evidences are compared): wide enough for each
-    fov = max(2.0 * max(abs(c[0]), abs(c[1])) + cfg.source_fov_factor * R for c, R in zip(centers, radii))
-    stage = _Stage("coarse", space, SourceGrid(n=cfg.coarse_source_n, fov=fov), cfg.coarse_supersample)
+    centers = [c for c, _ in candidates]
+    radii = [R for _, R in candidates]
+    fov = cfg.source_fov_factor * max(radii)
+    log.info("coarse candidates (centre, ring radius; arcsec): %s",
+             ", ".join(f"({c[0]:.3f}, {c[1]:.3f}) {R:.3f}" for c, R in candidates))
+    stage = _Stage("coarse", space, SourceGrid(n=cfg.coarse_source_n, fov=fov), cfg.coarse_supersample,
+                   centred=True)
     # a grid over theta_E and the ellipticity (no shear yet): the evidence's basin is narrow in
     # theta_E (about 5%) and a round lens's scan can prefer the demagnified solutions, so the
     # shape is scanned with it. theta_E from 0.8 to 1.2 ring radii; with lens light from 0.7 to
@@ -918,24 +998,27 @@ def _coarse(prob: _Problem, coarse: _Problem, geo: _Geometry, cfg: FitConfig,
     cands = []
     for c, R in zip(centers, radii):
         for f in factors:
-            for e in (0.0, 0.08, 0.16, 0.24, 0.32):
+            for e in SCAN_E:
                 for ang in (np.arange(6) * math.pi / 6 if e > 0 else (0.0,)):
                     x = np.zeros(len(space.names))
                     x[0], x[1], x[2], x[3], x[4] = f * R, e * math.cos(2 * ang), e * math.sin(2 * ang), c[0], c[1]
                     cands.append(x)
     values = np.array([coarse.log_evidence(c, stage) for c in cands])
-    order = np.argsort(-values)
-    R = float(cands[order[0]][0])
-    starts = [cands[order[0]]]
-    for k in order[1:]:  # the runner-up from a different basin (another theta_E, shape or centre)
-        if np.max(np.abs(cands[k] - starts[0]) / np.maximum(space.steps(R), 1e-9)) > 2.5:
-            starts.append(cands[k])
-            break
-    bounds = space.bounds(prob.grid.fov)
-    best = (None, -math.inf)
+    starts = _distinct_starts(cands, values, space, COARSE_STARTS)
+    # successive halving: a short Nelder-Mead from each start (half the budget), ranked at the
+    # optimised lam, then the best two go on with the other half
+    bounds = space.bounds(coarse.grid.fov)
+    short_fev = max(cfg.coarse_evaluations // (2 * len(starts)), 2 * len(space.names) + 2)
+    ranked = []
     for x0 in starts:
         st = _stage_lam(coarse, stage, x0, cfg.lam_mode)
-        x, v = _maximise(coarse, st, x0, space.steps(R), bounds, cfg.coarse_evaluations // len(starts),
+        x, _ = _maximise(coarse, st, x0, space.steps(x0[0]), bounds, short_fev, xatol=0.05, fatol=0.3)
+        ranked.append((coarse.log_evidence(x, stage), x))
+    ranked.sort(key=lambda t: -t[0])
+    best = (None, -math.inf)
+    for _, x0 in ranked[:2]:
+        st = _stage_lam(coarse, stage, x0, cfg.lam_mode)
+        x, v = _maximise(coarse, st, x0, space.steps(x0[0]), bounds, cfg.coarse_evaluations // 4,
                          xatol=0.05, fatol=0.3)
         if v > best[1]:
             best, stage = (x, v), st
@@ -943,6 +1026,20 @@ def _coarse(prob: _Problem, coarse: _Problem, geo: _Geometry, cfg: FitConfig,
     log.info("coarse stage (%d centre candidates, %s pixels of %.3f arcsec): %s, log evidence %.2f", len(centers),
              coarse.grid.n, coarse.grid.delta, space.report(x), v)
     return x, v, stage
+
+
+def _distinct_starts(cands: list[np.ndarray], values: np.ndarray, space: _Space, k: int) -> list[np.ndarray]:
+    """The ``k`` best scan points that lie in different basins: each more than 2.5 scan steps
+    (``_Space.steps`` at its ``theta_E``) in some parameter from every better one kept."""
+    out: list[np.ndarray] = []
+    for j in np.argsort(-values):
+        if not math.isfinite(values[j]):
+            break
+        if all(np.max(np.abs(cands[j] - o) / np.maximum(space.steps(o[0]), 1e-9)) > 2.5 for o in out):
+            out.append(cands[j])
+            if len(out) == k:
+                break
+    return out or [cands[int(np.argmax(values))]]
 
 
 def _full_grid(prob: _Problem, x: np.ndarray, space: _Space, geo: _Geometry, cfg: FitConfig) -> SourceGrid:
@@ -1187,9 +1284,10 @@ def fit_lens(image: np.ndarray, sigma: Union[float, np.ndarray], image_grid: Ima
         timings["geometry"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        b = _bin_factor(image_grid.delta, config.coarse_pixel, geo.radius)
+        candidates = _candidates(prob, geo)
+        b = _bin_factor(image_grid.delta, config.coarse_pixel, float(np.median([R for _, R in candidates])))
         coarse = prob if b == 1 or image_grid.n // b < 16 else _binned_problem(prob, b)
-        x, v, _ = _coarse(prob, coarse, geo, config, shear)
+        x, v, _ = _coarse(coarse, candidates, geo, config, shear)
         timings["coarse"] = time.perf_counter() - t
 
         t = time.perf_counter()

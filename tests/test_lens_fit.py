@@ -376,3 +376,85 @@ def test_geometry_takes_arcs_not_a_bright_galaxy_misfit():
     on = geo.significant
     assert on.sum() > 20 and np.all(np.abs(r[on] - 0.9) < 0.3)
     assert geo.light_columns is not None and geo.light_columns[-1]
+
+
+def test_a_double_gets_a_centre_candidate_near_the_lens():
+    """An isothermal lens (theta_E 1", centre (0.3, -0.2)) and a compact source 0.35" off axis:
+    two images, the bright one outside the ring. Their flux centroid is far from the lens; the
+    candidate implied by the images' flux ratio is on it, with the ring radius as its radius."""
+    from baselines.lens_fit import _candidates, _geometry
+
+    ig = lensinv.ImageGrid(n=96, pixel_scale=0.04)
+    lens = lensinv.Lens(lensinv.SIE(theta_E=1.0, q=1.0, center=(0.3, -0.2)))
+    sg = lensinv.SourceGrid(n=64, fov=2.0)
+    sx, sy = sg.coordinates()
+    src = np.exp(-0.5 * ((sx - 0.3 - 0.28) ** 2 + (sy + 0.2 - 0.21) ** 2) / 0.03**2)
+    psf = lensinv.gaussian_psf(0.1, 0.04)
+    clean = lensinv.operator(lens, ig, sg, psf=psf, supersample=4).apply(src)
+    sigma = float(clean.max()) / 50.0
+    image = clean + np.random.default_rng(1).normal(0.0, sigma, clean.shape)
+    from baselines.lens_fit import _Problem, _Space
+    from baselines.regularization import get_regularization
+
+    prob = _Problem(image.reshape(-1), np.full(ig.size, sigma), np.ones(ig.size, bool), ig, psf,
+                    get_regularization("gradient"), _Space(True, False), None, 1.0, 0.0, 1.0, None)
+    geo = _geometry(prob, 3.0)
+    assert len(geo.images) == 2
+    assert math.hypot(geo.center[0] - 0.3, geo.center[1] + 0.2) > 0.3  # the flux centroid is off
+    cands = _candidates(prob, geo)
+    best = min(cands, key=lambda cr: math.hypot(cr[0][0] - 0.3, cr[0][1] + 0.2))
+    assert math.hypot(best[0][0] - 0.3, best[0][1] + 0.2) < 0.05
+    assert best[1] == pytest.approx(1.0, rel=0.05)
+
+
+def test_centred_source_grid_follows_the_lens_centre():
+    """A lens centred off the image's centre, with shear: with ``centred`` the ray through the lens
+    centre lands on the source grid's centre (the Shift's deflection is where shear sends it), and
+    the evidence of the same lens and source grid differs from the uncentred one only by where the
+    grid sits (the uncentred grid, too small to reach the offset source, fits it worse)."""
+    from baselines.lens_fit import _Problem, _Space, _Stage
+    from baselines.regularization import get_regularization
+
+    space = _Space(True, False)
+    x = np.array([0.9, 0.1, 0.0, 0.6, -0.4, 0.03, 0.02])
+    prob = _Problem(np.zeros(IG.size), np.ones(IG.size), np.ones(IG.size, bool), IG, None,
+                    get_regularization("gradient"), space, None, 1.0, 0.0, 1.0, None)
+    lens = prob.lens(space, x, centred=True)
+    assert isinstance(lens.components[-1], lensinv.Shift)
+    bx, by = lens.raytrace(np.array([0.6]), np.array([-0.4]))
+    assert abs(bx[0]) < 1e-12 and abs(by[0]) < 1e-12
+    assert prob.lens(space, x).components[-1].__class__ is lensinv.ExternalShear
+    # data: a source at the lens's source-plane centre, seen through the uncentred lens
+    truth = prob.lens(space, x)
+    sg = lensinv.SourceGrid(n=48, fov=1.6)
+    sx, sy = sg.coordinates()
+    s0 = lensinv.Lens(truth.components[1]).raytrace(np.array([0.6]), np.array([-0.4]))
+    src = np.exp(-0.5 * ((sx - s0[0][0]) ** 2 + (sy - s0[1][0]) ** 2) / 0.1**2)
+    image = lensinv.operator(truth, IG, sg, supersample=2).apply(src)
+    image = image + np.random.default_rng(0).normal(0, 0.01, image.shape)
+    prob = _Problem(image.reshape(-1), np.full(IG.size, 0.01), np.ones(IG.size, bool), IG, None,
+                    get_regularization("gradient"), space, None, 1.0, 0.0, 1.0, None)
+    small = lensinv.SourceGrid(n=12, fov=0.8)
+    on = prob.log_evidence(x, _Stage("a", space, small, 1, centred=True))
+    off = prob.log_evidence(x, _Stage("b", space, small, 1, centred=False))
+    assert math.isfinite(on) and on > off + 100.0
+
+
+def test_coarse_starts_come_from_different_basins():
+    """The scan's starts: best first, a point within 2.5 scan steps of a better one is skipped
+    (the same basin), non-finite values never start, and at most ``k`` are kept."""
+    from baselines.lens_fit import _distinct_starts, _Space
+
+    space = _Space(False, False)
+    step = space.steps(1.0)
+
+    def pt(theta, e1=0.0):
+        return np.array([theta, e1, 0.0, 0.0, 0.0])
+
+    cands = [pt(1.0), pt(1.0 + step[0]), pt(1.3), pt(1.0, 0.5), pt(0.7), pt(2.0)]
+    values = np.array([10.0, 9.9, 5.0, 7.0, -np.inf, np.nan])
+    starts = _distinct_starts(cands, values, space, 3)
+    assert [tuple(s) for s in starts] == [tuple(pt(1.0)), tuple(pt(1.0, 0.5)), tuple(pt(1.3))]
+    assert len(_distinct_starts(cands, values, space, 2)) == 2
+    assert [tuple(s) for s in _distinct_starts(cands, values, space, 10)] == [tuple(c) for c in
+                                                                              (pt(1.0), pt(1.0, 0.5), pt(1.3))]
