@@ -458,3 +458,63 @@ def test_coarse_starts_come_from_different_basins():
     assert len(_distinct_starts(cands, values, space, 2)) == 2
     assert [tuple(s) for s in _distinct_starts(cands, values, space, 10)] == [tuple(c) for c in
                                                                               (pt(1.0), pt(1.0, 0.5), pt(1.3))]
+
+
+def test_grid_systematics_recover_the_optimum_shifts():
+    """On a log evidence whose optimum moves by a known amount with the source grid's placement
+    and pixel count (plus a level that differs per grid), the systematic covariance is the mean of
+    those shifts' outer products; moved grids reach the problem as a Shift of half a pixel."""
+    from baselines.lens_fit import _grid_systematics, _grid_variants, _Space, _Stage
+
+    space = _Space(False, False)
+    grid = lensinv.SourceGrid(n=32, fov=3.2)
+    scales = np.array([0.002, 0.01, 0.01, 0.003, 0.003])
+    cov = np.diag(scales**2)
+    P = np.linalg.inv(cov)
+    x0 = np.array([1.0, 0.1, 0.0, 0.0, 0.0])
+    rng = np.random.default_rng(5)
+    table = {}
+
+    def shift_of(stage):
+        key = (stage.source_grid.n, stage.grid_offset)
+        if key not in table:
+            table[key] = (rng.normal(size=5) * scales, rng.normal() * 100.0)
+        return table[key]
+
+    class Shifted:
+        def log_evidence(self, x, stage):
+            s, level = shift_of(stage)
+            d = np.asarray(x) - x0 - s
+            return level - 0.5 * d @ P @ d
+
+    variants = _grid_variants(grid, 4)
+    assert [(g.n, off) for g, off in variants] == [(32, (0.05, 0.0)), (32, (0.0, 0.05)), (36, (0.0, 0.0)),
+                                                   (32, (0.05, 0.05))]
+    stage = _Stage("u", space, grid, 1)
+    C = _grid_systematics(Shifted(), stage, x0, cov, scales, space.bounds(8.0), 4)
+    S = np.array([table[(g.n, off)][0] for g, off in variants])
+    np.testing.assert_allclose(C, S.T @ S / 4, rtol=1e-6, atol=1e-12)
+    assert np.all(np.diag(C) > 0)
+
+
+def test_grid_offset_is_a_shift_of_the_lens():
+    """A stage's ``grid_offset`` evaluates the lens with a Shift appended (the same evidence as
+    inverting that lens directly), and half a pixel changes the evidence."""
+    from baselines.lens_fit import _Problem, _Space, _Stage
+    from baselines.regularization import get_regularization
+
+    space = _Space(True, False)
+    x = np.array([0.9, 0.1, 0.0, 0.05, -0.04, 0.03, 0.02])
+    sg = lensinv.SourceGrid(n=16, fov=1.6)
+    truth = space.lens(x)
+    sx, sy = lensinv.SourceGrid(n=48, fov=1.6).coordinates()
+    src = np.exp(-0.5 * ((sx - 0.05) ** 2 + (sy + 0.02) ** 2) / 0.12**2)
+    image = lensinv.operator(truth, IG, lensinv.SourceGrid(n=48, fov=1.6), supersample=2).apply(src)
+    image = image + np.random.default_rng(2).normal(0, 0.01, image.shape)
+    prob = _Problem(image.reshape(-1), np.full(IG.size, 0.01), np.ones(IG.size, bool), IG, None,
+                    get_regularization("gradient"), space, None, 1.0, 0.0, 1.0, None)
+    off = (0.5 * sg.delta, 0.0)
+    moved = prob.log_evidence(x, _Stage("a", space, sg, 1, grid_offset=off))
+    direct = float(prob.invert(lensinv.Lens(*truth.components, lensinv.Shift(*off)), sg, 1)[0].log_evidence)
+    assert moved == pytest.approx(direct, rel=1e-12)
+    assert abs(moved - prob.log_evidence(x, _Stage("b", space, sg, 1))) > 0.1
