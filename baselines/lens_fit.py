@@ -273,9 +273,9 @@ class FitConfig:
     coarse_supersample, supersample : int
         Sub-pixels per image-pixel side for the ray tracing in the coarse stage and after.
     source_fov_factor : float
-        Coarse source field of view in units of the largest candidate ring radius (the grid sits on
-        each lens's centre: ``_Problem.lens``). Kept small on purpose: a source plane as wide as the ring admits the "demagnified image"
-        solutions of pixelated sources (a too small ``theta_E`` whose source is a shrunken copy of
+        Coarse source field of view in units of the largest candidate ring radius (the grid sits
+        on each lens's centre: ``_Problem.lens``). Kept small on purpose: a source plane as wide
+        as the ring admits the "demagnified image" solutions of pixelated sources (a too small ``theta_E`` whose source is a shrunken copy of
         the ring), whose evidence can rival the true lens's (measured: ``theta_E`` 0.42 against
         0.90 arcsec at a field of 1.6 ring radii, a difference of 5 nats; 8,700 nats in favour of
         the true lens at 1.0).
@@ -571,6 +571,14 @@ class _Problem:
         sx, sy = lensinv.Lens(*lens.components[1:]).raytrace(cx, cy) if len(lens.components) > 1 else (cx, cy)
         return lensinv.Lens(*lens.components, lensinv.Shift(float(sx[0]), float(sy[0])))
 
+    def stage_lens(self, stage: "_Stage", x: np.ndarray) -> lensinv.Lens:
+        """The lens a stage evaluates at ``x``: centred as the stage says, and with the stage's
+        ``grid_offset`` as a further Shift (traced positions move by minus it: the grid by it)."""
+        lens = self.lens(stage.space, x, stage.centred)
+        if stage.grid_offset == (0.0, 0.0):
+            return lens
+        return lensinv.Lens(*lens.components, lensinv.Shift(*stage.grid_offset))
+
     def basis(self, center: tuple[float, float]) -> Optional[np.ndarray]:
         if self.light is None:
             return None
@@ -595,10 +603,7 @@ class _Problem:
     def log_evidence(self, x: np.ndarray, stage: "_Stage") -> float:
         self.evaluations[stage.name] = self.evaluations.get(stage.name, 0) + 1
         try:
-            lens = self.lens(stage.space, x, stage.centred)
-            if stage.grid_offset != (0.0, 0.0):  # traced positions minus the offset: the grid moves by it
-                lens = lensinv.Lens(*lens.components, lensinv.Shift(*stage.grid_offset))
-            res, _, _ = self.invert(lens, stage.source_grid, stage.supersample, stage.lam)
+            res, _, _ = self.invert(self.stage_lens(stage, x), stage.source_grid, stage.supersample, stage.lam)
             value = float(res.log_evidence)
         except (ValueError, NotPositiveDefiniteError, np.linalg.LinAlgError) as exc:
             log.debug("no evidence at %s: %s", x, exc)
@@ -924,7 +929,7 @@ def _stage_lam(prob: _Problem, stage: _Stage, x: np.ndarray, mode: str) -> _Stag
     or free (``"optimise"``)."""
     if mode != "fixed":
         return replace(stage, lam=None)
-    res, _, _ = prob.invert(prob.lens(stage.space, x, stage.centred), stage.source_grid, stage.supersample)
+    res, _, _ = prob.invert(prob.stage_lens(stage, x), stage.source_grid, stage.supersample)
     return replace(stage, lam=res.lam)
 
 
@@ -991,8 +996,9 @@ def _candidates(prob: _Problem, geo: _Geometry) -> list[tuple[tuple[float, float
 def _coarse(coarse: _Problem, candidates: list[tuple[tuple[float, float], float]], geo: _Geometry,
             cfg: FitConfig, shear: bool) -> tuple[np.ndarray, float, _Stage]:
     """Stage 1 on the ``coarse`` (binned) problem: a scan over the ``candidates`` (centre, ring
-    radius), ``theta_E`` and the ellipticity, then Nelder-Mead from the best and from the best of
-    another basin. The source grid sits on each lens's centre (``_Problem.lens``), one size for
+    radius), ``theta_E`` and the ellipticity (``SCAN_E``), then short Nelder-Mead runs from the
+    best points of ``COARSE_STARTS`` basins (:func:`_distinct_starts`) and longer ones from the
+    best two of those. The source grid sits on each lens's centre (``_Problem.lens``), one size for
     every candidate (their evidences are compared): the largest ring radius times
     ``source_fov_factor``."""
     space = _Space(shear=shear, epl=False)
