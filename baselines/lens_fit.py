@@ -275,8 +275,8 @@ class FitConfig:
     source_fov_factor : float
         Coarse source field of view in units of the largest candidate ring radius (the grid sits
         on each lens's centre: ``_Problem.lens``). Kept small on purpose: a source plane as wide
-        as the ring admits the "demagnified image" solutions of pixelated sources (a too small ``theta_E`` whose source is a shrunken copy of
-        the ring), whose evidence can rival the true lens's (measured: ``theta_E`` 0.42 against
+        as the ring admits the "demagnified image" solutions of pixelated sources (a too small
+        ``theta_E`` whose source is a shrunken copy of the ring), whose evidence can rival the true lens's (measured: ``theta_E`` 0.42 against
         0.90 arcsec at a field of 1.6 ring radii, a difference of 5 nats; 8,700 nats in favour of
         the true lens at 1.0).
     source_margin : float
