@@ -139,6 +139,8 @@ def search_evidence(neq: NormalEquations, prior: Prior, lam: Optional[float] = N
     const = 0.5 * prior.log_det + neq.log_norm
     probes = _probes(neq.n) if neq.n > _EXACT_TRACE_MAX else None
     evidence = _Evidence(fact, prior.H, neq.b, neq.misfit, const, probes)
+    # lam -> inf: the source is the prior mean and the evidence tends to its own likelihood log N(d; M s0, C)
+    evidence.asymptote = -0.5 * neq.misfit(np.zeros(neq.n)) + neq.log_norm
     if lam is None:
         if x0 is None:
             x0 = math.log(_initial_lam(neq.P, prior.H, prior.regularization))
@@ -165,6 +167,10 @@ _SPAN = 12.0 * _LN10
 # below this (nats) as well as the step below lam_tol: sharply peaked evidence (many unknowns, high
 # S/N) has |d^2 log P / d (ln lam)^2| of several hundred, where 0.04 dex would cost ~2 nats
 _GAIN_TOL = 0.1
+# a search rising slowly towards lam -> inf stops within this many nats of the limit there (the prior
+# mean's own likelihood): the sources along the way differ by less than the evidence can tell, while
+# rounding makes the values jitter by ~0.1 nats at such lam
+_ASYMPTOTE_TOL = 0.5
 _COARSE_FROM = 1500  # unknowns above which the search starts from the 2x2-binned source's optimum
 # (the per-form starting offsets, medians over simulated lenses, are the regularizations'
 # balance_offset and coarse_offset: realistic preset, 192^2 images, 48-80 pixel sources)
@@ -208,6 +214,23 @@ class _Evidence:
         self.n = b.size
         self.curve: list[Evaluation] = []
         self.seconds = 0.0
+        #: the log evidence's limit as lam -> inf (the prior mean's likelihood), where known
+        self.asymptote: Optional[float] = None
+
+    def at_asymptote(self, p: "_Point") -> bool:
+        """Whether the point ``p`` rises slowly (``0 < g < 1`` nat per e-fold of ``lam``) within
+        ``_ASYMPTOTE_TOL`` of the limit as ``lam -> inf``: nothing is left to gain by going on (the data
+        cannot improve on the prior mean), however the factorisations' rounding makes the values
+        jitter at such ``lam``. A single-precision point is confirmed by a double-precision
+        evaluation at the same ``lam`` (then the last in ``curve``)."""
+        def close(value: float) -> bool:
+            return self.asymptote - value < _ASYMPTOTE_TOL
+
+        if self.asymptote is None or not (0.0 < p.g < 1.0 and close(p.log_evidence)):
+            return False
+        if self.curve[-1].single:
+            return close(self(p.x, single=False, derivatives=False).log_evidence)
+        return True
 
     def __call__(self, x: float, single: bool, derivatives: bool = True) -> _Point:
         ts = time.perf_counter()
@@ -315,7 +338,9 @@ def _maximise_evidence(evaluate: _Evidence, x0: float, tol: float, start_single:
 
     Returns how it ended: ``"converged"``, ``"flat"`` (the evidence levels off towards an
     asymptote on a one-sided slope, gaining less than ``_GAIN_TOL`` per step, as for a prior mean
-    the data cannot improve on, where the optimum is lam -> inf; see :func:`_flat`), ``"bound"`` (the evidence still
+    the data cannot improve on, where the optimum is lam -> inf; see :func:`_flat`; or a
+    point rising slowly is within ``_ASYMPTOTE_TOL`` of the known limit as lam -> inf,
+    :meth:`_Evidence.at_asymptote`), ``"bound"`` (the evidence still
     rose at 12 decades from the start) or ``"steps"`` (60 steps without converging).
     """
     pts: list[_Point] = []
@@ -328,6 +353,9 @@ def _maximise_evidence(evaluate: _Evidence, x0: float, tol: float, start_single:
         # a Newton step's predicted gain is g^2 / (2 |g'|)
         if not single and abs(step) < tol and (p.dg < 0 and 0.5 * p.g * p.g / -p.dg < _GAIN_TOL):
             return "converged"
+        if evaluate.at_asymptote(p):
+            log.debug("the evidence is within %g nats of its limit as lam -> inf at lam = %.3g", _GAIN_TOL, math.exp(x))
+            return "flat"
         if _flat(pts, step):
             # still rising, but by less than _GAIN_TOL over a full step: the evidence has levelled
             # off (e.g. a prior mean the data cannot improve on, where lam -> inf); more is not worth it

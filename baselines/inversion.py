@@ -14,6 +14,7 @@ evidence is ``log N(d; M s0, C + M (lam H)^-1 M^T)`` (see :mod:`baselines.eviden
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -172,13 +173,17 @@ def invert(op: Any, image: np.ndarray, sigma: Union[float, np.ndarray],
     t0 = time.perf_counter()
     form = get_regularization(regularization)
     lam = _check_lam(lam)
-    lam_tol = finite_float("lam_tol", lam_tol)
-    if lam_tol <= 0:
-        raise ValueError(f"lam_tol must be a finite number > 0 (dex), got {lam_tol!r}")
+    lam_tol = _check_lam_tol(lam_tol)
     if basis is not None and nonnegative:
         raise ValueError("nonnegative is not supported with a basis")
     neq = normal_equations(op, image, sigma, mask, prior_mean=prior_mean, backend=backend, unknowns=unknowns,
                            basis=basis, basis_std=basis_std)
+    return _solve(neq, form, lam, lam_tol, return_std, nonnegative, t0)
+
+
+def _solve(neq: NormalEquations, form: Regularization, lam: Optional[float], lam_tol: float, return_std: bool,
+           nonnegative: bool, t0: float) -> InversionResult:
+    """:func:`invert` from its normal equations (whose ``P`` the factorisation takes over)."""
     t = time.perf_counter()
     prior = restricted_prior(form, neq.unknowns, neq.source_n)
     P_kept = neq.P if nonnegative and neq.backend != "dense" else None
@@ -224,11 +229,36 @@ def invert_by_evidence(op: Any, image: np.ndarray, sigma: Union[float, np.ndarra
     """
     if "regularization" in kwargs:
         raise ValueError("invert_by_evidence chooses the regularization: pass forms=..., not regularization")
-    forms = tuple(forms)
+    forms = tuple(get_regularization(f) for f in forms)
     if not forms:
         raise ValueError("forms must name at least one regularization")
-    results = [invert(op, image, sigma, regularization=f, **kwargs) for f in forms]
+    unknown = set(kwargs) - _INVERT_OPTIONS
+    if unknown:
+        raise TypeError(f"invert_by_evidence got unexpected keyword arguments {sorted(unknown)}")
+    if kwargs.get("nonnegative") or len(forms) == 1:
+        return max((invert(op, image, sigma, regularization=f, **kwargs) for f in forms), key=lambda r: r.log_evidence)
+    # one set of normal equations serves every form (each factorisation takes over a copy of P)
+    t0 = time.perf_counter()
+    lam = _check_lam(kwargs.get("lam"))
+    lam_tol = _check_lam_tol(kwargs.get("lam_tol", 0.04))
+    neq = normal_equations(op, image, sigma, kwargs.get("mask"), prior_mean=kwargs.get("prior_mean"),
+                           backend=kwargs.get("backend", "auto"), unknowns=kwargs.get("unknowns", "reached"),
+                           basis=kwargs.get("basis"), basis_std=kwargs.get("basis_std"))
+    results = [_solve(dataclasses.replace(neq, P=neq.P.copy()) if i < len(forms) - 1 else neq, f, lam, lam_tol,
+                      kwargs.get("return_std", False), False, t0) for i, f in enumerate(forms)]
     return max(results, key=lambda r: r.log_evidence)
+
+
+#: the keyword arguments of invert that invert_by_evidence passes on
+_INVERT_OPTIONS = frozenset({"lam", "mask", "prior_mean", "return_std", "nonnegative", "backend", "lam_tol",
+                             "unknowns", "basis", "basis_std"})
+
+
+def _check_lam_tol(lam_tol: float) -> float:
+    value = finite_float("lam_tol", lam_tol)
+    if value <= 0:
+        raise ValueError(f"lam_tol must be a finite number > 0 (dex), got {lam_tol!r}")
+    return value
 
 
 def _check_lam(lam: Optional[float]) -> Optional[float]:

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from .physics import BatchedOperator
+from .symmetry import Symmetry, SymmetrisedOperator, symmetries
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +154,7 @@ class RIM(nn.Module):
         return out
 
     @torch.no_grad()
-    def reconstruct(self, op: Any, image: np.ndarray, sigma: Any) -> np.ndarray:
+    def reconstruct(self, op: Any, image: np.ndarray, sigma: Any, *, transforms: int = 8) -> np.ndarray:
         """Reconstruct one lens, on the model's device.
 
         Parameters
@@ -175,6 +176,14 @@ class RIM(nn.Module):
             Noise standard deviation (same unit as ``image``): a scalar, or a map of the image's
             shape; for visibilities a scalar or one per visibility (per real and per imaginary
             part); finite and > 0.
+        transforms : {8, 4, 2, 1}
+            How many symmetries of the square grids (:data:`rim.symmetry.D4`: rotations by
+            multiples of 90 degrees and mirrors) the estimate is averaged over: the whole
+            observation is turned, the network run on each turned problem (one batch), and the
+            answers turned back and averaged. 1 runs the network once. The network's cost grows
+            in proportion; the error falls (median source RMSE on 20 validation-galaxy lenses,
+            PSF 0.08", peak S/N 50: 0.0103 with 1, 0.0091 with 2, 0.0087 with 4, 0.0085 with 8;
+            README). Default 8.
 
         Returns
         -------
@@ -201,12 +210,13 @@ class RIM(nn.Module):
             ``op`` lacks the protocol or does not fit the model's grids, its matrix has no
             non-zero entries (no image pixel sees the source grid, or none where the primary beam
             is non-zero) or is complex; ``image`` has the wrong size or NaN/inf values; ``sigma``
-            is not finite and > 0 or has the wrong shape.
+            is not finite and > 0 or has the wrong shape; ``transforms`` is not 1, 2, 4 or 8.
         """
         from lensinv import LensOperator, VisibilityOperator
 
+        syms = symmetries(transforms)
         if isinstance(op, VisibilityOperator):
-            return self._reconstruct_visibilities(op, image, sigma)
+            return self._reconstruct_visibilities(op, image, sigma, syms)
         c = self.config
         n_data, n_src = c.image_n ** 2, c.source_n ** 2
         missing = [a for a in ("shape", "apply", "adjoint", "source_grid") if not hasattr(op, a)]
@@ -265,32 +275,39 @@ class RIM(nn.Module):
             return np.zeros((c.source_n, c.source_n))
         k = scale / self.DATA_SCALE
         if sig.ndim == 0:
-            rel = np.ones(1)
+            rel = np.ones(len(syms))
         else:
             sig = sig.reshape(img.shape)
-            rel = _relative_sigma(sig, self.MIN_RELATIVE_SIGMA)[None]
-        log.debug("RIM data scale %g (peak S/N %g)", k, scale / float(np.median(sig)))
-        return self._estimate(lambda dev: BatchedOperator.from_scipy(mats, c.image_n, c.source_n, device=dev,
-                                                                     psfs=psfs), img, rel, k)
+            rel = np.stack([np.ascontiguousarray(t.apply(_relative_sigma(sig, self.MIN_RELATIVE_SIGMA)))
+                            for t in syms])
+        log.debug("RIM data scale %g (peak S/N %g), %d transforms", k, scale / float(np.median(sig)), len(syms))
+        # the turned problems (the identity first) in one batch: the same scale k (robust_scale is invariant)
+        data = np.stack([np.ascontiguousarray(t.apply(img)) for t in syms])
+        return self._estimate(lambda dev: SymmetrisedOperator(BatchedOperator.from_scipy(
+            mats * len(syms), c.image_n, c.source_n, device=dev, psfs=None if psfs is None else psfs * len(syms)),
+            syms), data, rel, k, syms)
 
-    def _estimate(self, build: Any, data: np.ndarray, rel_sigma: np.ndarray, k: float) -> np.ndarray:
-        """Run the network on ``data / k`` with the operator ``build(device)`` and noise ``rel_sigma``
-        (relative: only its shape across the data matters); the final estimate times ``k``."""
+    def _estimate(self, build: Any, data: np.ndarray, rel_sigma: np.ndarray, k: float,
+                  syms: tuple[Symmetry, ...]) -> np.ndarray:
+        """Run the network on the batch ``data / k`` (one turned problem per element of ``syms``)
+        with the operators ``build(device)`` and noise ``rel_sigma`` (relative: only its shape
+        across the data matters); the mean of the final estimates turned back, times ``k``."""
         dev = next(self.parameters()).device
         was_training = self.training
         self.eval()
         try:
             bop = build(dev)
             sig_t = torch.as_tensor(rel_sigma, dtype=torch.float32, device=dev)
-            est = self(torch.as_tensor(data / k, dtype=torch.float32, device=dev)[None], bop, sig_t)[-1]
+            est = self(torch.as_tensor(data / k, dtype=torch.float32, device=dev), bop, sig_t)[-1]
         finally:
             self.train(was_training)
-        out = est[0].double().cpu().numpy() * k
+        est = est.double().cpu().numpy()
+        out = np.mean([t.invert(e) for t, e in zip(syms, est)], axis=0) * k
         if not np.all(np.isfinite(out)):  # pragma: no cover - a guard, not expected with normalised data
             raise ValueError("the RIM produced NaN or inf for these data")
         return out
 
-    def _reconstruct_visibilities(self, op: Any, vis: Any, sigma: Any) -> np.ndarray:
+    def _reconstruct_visibilities(self, op: Any, vis: Any, sigma: Any, syms: tuple[Symmetry, ...]) -> np.ndarray:
         """:meth:`reconstruct` for a :class:`lensinv.VisibilityOperator` (see there)."""
         from .physics import BatchedVisibilityOperator
 
@@ -318,9 +335,12 @@ class RIM(nn.Module):
             return np.zeros((c.source_n, c.source_n))
         k = scale / self.VIS_DATA_SCALE
         log.debug("RIM visibility data scale %g (dirty-image peak S/N %g)", k, scale / dirty.sigma)
-        return self._estimate(lambda dev: BatchedVisibilityOperator.from_scipy(
-            [op.L], [dirty.beam], c.image_n, c.source_n, device=dev,
-            primary_beams=[op.primary_beam]), dirty.image, np.ones(1), k)
+        # the turned problems: the dirty image turns with the sky (and, implicitly, its beam and primary beam)
+        b = len(syms)
+        data = np.stack([np.ascontiguousarray(t.apply(dirty.image)) for t in syms])
+        return self._estimate(lambda dev: SymmetrisedOperator(BatchedVisibilityOperator.from_scipy(
+            [op.L] * b, [dirty.beam] * b, c.image_n, c.source_n, device=dev, primary_beams=[op.primary_beam] * b),
+            syms), data, np.ones(b), k, syms)
 
     #: Median over the realistic preset's training lenses of the robust image scale (the peak of the
     #: 3x3 median-filtered |image|; source peak 1): data are scaled to it before the network runs.

@@ -45,6 +45,15 @@ def _block_diag_csr(mats: Sequence[sp.csr_matrix], device: Any, dtype: torch.dty
                                        device=device, check_invariants=False)
 
 
+def _once_each(items: Sequence[Any], convert: Any) -> list:
+    """``[convert(x) for x in items]``, converting an object that recurs (the same ``id``) once."""
+    done: dict[int, Any] = {}
+    for x in items:
+        if id(x) not in done:
+            done[id(x)] = convert(x)
+    return [done[id(x)] for x in items]
+
+
 @dataclass(frozen=True, eq=False)
 class BatchedOperator:
     """Block-diagonal ``A = diag(A_1, ..., A_B)`` of B lens operators on the same grids.
@@ -78,7 +87,7 @@ class BatchedOperator:
         """
         if len(mats) == 0:
             raise ValueError("need at least one operator")
-        mats = [sp.csr_matrix(m) for m in mats]
+        mats = _once_each(mats, sp.csr_matrix)
         if mats[0].shape != (image_n * image_n, source_n * source_n):
             raise ValueError(f"operators must be {image_n ** 2} x {source_n ** 2}, got {mats[0].shape}")
         for m in mats:
@@ -96,7 +105,8 @@ class BatchedOperator:
                     o = (size - np.shape(k)[0]) // 2
                     stack[b, o:o + np.shape(k)[0], o:o + np.shape(k)[0]] = k
             kernels = torch.as_tensor(stack, dtype=dtype, device=device)
-        return cls(_block_diag_csr(mats, device, dtype), _block_diag_csr([m.T.tocsr() for m in mats], device, dtype),
+        mats_t = _once_each(mats, lambda m: m.T.tocsr())  # a lens repeated in the batch is transposed once
+        return cls(_block_diag_csr(mats, device, dtype), _block_diag_csr(mats_t, device, dtype),
                    len(mats), image_n, source_n, kernels)
 
     def to(self, device: Any) -> "BatchedOperator":

@@ -72,16 +72,17 @@ class Reconstruction:
 
 
 def reconstruct_all(model, op, image: np.ndarray, sigma: float, forms: tuple[str, ...], use_mask: bool,
-                    rim_wd_forms: tuple[str, ...] = ()):
+                    rim_wd_forms: tuple[str, ...] = (), transforms: int = 8):
     """RIM, Warren-Dye (each regularization) and RIM+WD reconstructions of one lens.
 
     RIM+WD: the RIM's estimate as the prior mean of an evidence-optimised Warren-Dye inversion, the
-    regularization among ``rim_wd_forms`` chosen by evidence (its time includes the RIM's).
+    regularization among ``rim_wd_forms`` chosen by evidence (its time includes the RIM's). The RIM
+    averages over ``transforms`` turns and mirrors of the observation (:mod:`rim.symmetry`).
     Complex ``image`` (visibilities, ``op`` a VisibilityOperator): the uv-plane inversion of every
     visibility (no arc mask)."""
     out = []
     t0 = time.perf_counter()
-    rim_source = model.reconstruct(op, image, sigma if sigma > 0 else 1.0)
+    rim_source = model.reconstruct(op, image, sigma if sigma > 0 else 1.0, transforms=transforms)
     t_rim = time.perf_counter() - t0
     out.append(Reconstruction("RIM", rim_source, t_rim))
     if np.iscomplexobj(image):
@@ -122,7 +123,8 @@ def summarise(rows: list[dict], methods: list[str]) -> dict:
 
 
 def write_summary(path: Path, summary: dict, n: int, device: str, data: str, checkpoint: str, mask: bool,
-                  failed: list[dict] = (), examples: bool = True, visibilities: bool = False) -> None:
+                  failed: list[dict] = (), examples: bool = True, visibilities: bool = False,
+                  transforms: int = 8) -> None:
     names = {"rmse": "source RMSE", "ssim": "SSIM", "flux_error": "|flux error|", "chi2_per_pixel": "chi2/N",
              "seconds": f"time per lens (s, {device})"}
     lines = [f"# RIM versus Warren-Dye on {n} test lenses", "",
@@ -142,7 +144,9 @@ def write_summary(path: Path, summary: dict, n: int, device: str, data: str, che
         data_words = ("chi2/N of the reconstruction's image against the data (n/a for noise-free data). "
                       f"Warren-Dye: evidence-optimised, {'on a data-driven arc mask' if mask else 'on all pixels'}; ")
     lines += ["", "RMSE per pixel of peak-normalised sources; |flux error| relative to the true total flux; "
-              + data_words + "RIM: its final estimate."]
+              + data_words + "RIM: its final estimate"
+              + (f", the mean over {transforms} turns and mirrors of the observation (rim.symmetry)." if transforms > 1
+                 else " (one pass of the network).")]
     if failed:
         lines += ["", f"Failed ({len(failed)} lenses, not in the statistics; also failed.csv):", ""]
         lines += [f"- lens at position {f['position']} of the data set: {f['error']}" for f in failed]
@@ -245,11 +249,11 @@ FIELDS = ("lens", "method", "snr", "psf_fwhm", "theta_E", "true_flux", "flux", *
 
 
 def compare_lens(ds: LensDataset, i: int, model, forms: tuple[str, ...], use_mask: bool,
-                 rim_wd_forms: tuple[str, ...] = ()):
+                 rim_wd_forms: tuple[str, ...] = (), transforms: int = 8):
     """Metrics rows and reconstructions of lens ``i`` (raises for a bad lens)."""
     ex = ds[i]
     op = ex.operator()
-    recs = reconstruct_all(model, op, ex.data, ex.sigma, forms, use_mask, rim_wd_forms)
+    recs = reconstruct_all(model, op, ex.data, ex.sigma, forms, use_mask, rim_wd_forms, transforms)
     rows = [{"lens": ex.index, "method": rec.method, "snr": ex.snr, "psf_fwhm": ex.psf_fwhm,
              "theta_E": ex.lens.components[0].theta_E, "true_flux": float(ex.source.sum()),
              "flux": float(rec.source.sum()), **lens_metrics(rec, ex.source, op, ex.data, ex.sigma)}
@@ -289,6 +293,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rim-wd-forms", default="gradient,curvature",
                     help="RIM+WD (the RIM estimate as the prior mean of a Warren-Dye inversion): the regularizations "
                          "to choose from by evidence; empty: no RIM+WD")
+    ap.add_argument("--rim-transforms", type=int, choices=[1, 2, 4, 8], default=8,
+                    help="the RIM's estimate averaged over this many turns and mirrors of each observation "
+                         "(rim.symmetry; 1: one pass of the network); default 8")
     ap.add_argument("--mask", action="store_true",
                     help="Warren-Dye on a data-driven arc mask (faster; it may miss faint emission) instead of all pixels")
     ap.add_argument("--examples", type=int_at_least(0), default=4,
@@ -346,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for i in tqdm(range(n), unit="lens"):
             try:
-                ex, recs, lens_rows = compare_lens(ds, i, model, forms, args.mask, rim_wd_forms)
+                ex, recs, lens_rows = compare_lens(ds, i, model, forms, args.mask, rim_wd_forms, args.rim_transforms)
             except LENS_ERRORS as exc:
                 msg = " ".join(f"{type(exc).__name__}: {exc}".split())
                 tqdm.write(f"warning: lens {i} (position in --data) failed, skipped: {msg}", file=sys.stderr)
@@ -370,9 +377,10 @@ def main(argv: list[str] | None = None) -> int:
     ckpt = args.checkpoint or str(default.relative_to(Path(rim.__file__).resolve().parents[1]))
     write_text_atomic(args.out / "summary.json", json.dumps(
         {"n_lenses": n_ok, "n_requested": n, "n_failed": len(failed), "failed": failed, "interrupted": interrupted,
-         "data": args.data, "checkpoint": ckpt, "device": args.device, "methods": summary}, indent=2))
+         "data": args.data, "checkpoint": ckpt, "device": args.device, "rim_transforms": args.rim_transforms,
+         "methods": summary}, indent=2))
     write_summary(args.out / "summary.md", summary, n_ok, args.device, args.data, ckpt, args.mask, failed,
-                  examples=bool(examples), visibilities=visibilities)
+                  examples=bool(examples), visibilities=visibilities, transforms=args.rim_transforms)
     if rows:
         figures(args.out, examples, rows, methods, ds.source_grid.extent, ds.image_grid.extent)
     print((args.out / "summary.md").read_text().split("\n\n![")[0])

@@ -1,6 +1,7 @@
 """The observation-operator protocol: any conforming object works with the solvers; the public
 dot test; the normal matrix; prior means; user regularizations."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -9,6 +10,7 @@ import scipy.sparse as sp
 
 import baselines
 import lensinv
+from baselines.evidence import _ASYMPTOTE_TOL
 from baselines import invert
 from baselines.regularization import Regularization, regularization_matrix
 from lensinv import SIE, ExternalShear, ImageGrid, Lens, SourceGrid
@@ -243,4 +245,32 @@ def test_a_prior_mean_the_data_cannot_improve_on_stops_early(problem, rng):
     assert res.status in ("flat", "converged") and res.evaluations <= 8
     np.testing.assert_allclose(res.source, s, atol=0.05 * s.max())
     far = invert(op, d, 0.02, prior_mean=s, lam=res.lam * 1e4).log_evidence
-    assert far - res.log_evidence < 0.2  # nothing much left to gain
+    assert far - res.log_evidence < _ASYMPTOTE_TOL  # nothing much left to gain
+    # the limit as lam -> inf is the prior mean's own likelihood, log N(d; M s, C)
+    r = (d.ravel() - np.ravel(op.apply(s))) / 0.02
+    limit = -0.5 * r @ r - d.size * (0.5 * math.log(2 * math.pi) + math.log(0.02))
+    assert abs(far - limit) < 0.01
+    assert limit - res.log_evidence < _ASYMPTOTE_TOL
+
+
+def test_the_asymptote_stops_a_search_whose_values_jitter(problem, rng, monkeypatch):
+    """Rounding at large lam makes the evidence jitter by ~0.1 nats, which the level-off test
+    (gains below 0.1 nats) can miss for tens of steps: the known limit as lam -> inf stops it."""
+    import baselines.evidence as ev
+
+    op, s, _ = problem
+    d = op.apply(s) + rng.normal(0, 0.02, IMG.shape)
+    jitter = np.random.default_rng(5)
+    call = ev._Evidence.__call__
+
+    def noisy(self, x, single, derivatives=True):
+        p = call(self, x, single, derivatives)
+        self.curve[-1] = dataclasses.replace(self.curve[-1], log_evidence=self.curve[-1].log_evidence
+                                             + jitter.uniform(-0.15, 0.15))
+        return dataclasses.replace(p, log_evidence=self.curve[-1].log_evidence)
+
+    monkeypatch.setattr(ev._Evidence, "__call__", noisy)
+    res = invert(op, d, 0.02, prior_mean=s)
+    assert res.status == "flat" and res.evaluations <= 8
+    monkeypatch.setattr(ev._Evidence, "at_asymptote", lambda self, p: False)
+    assert invert(op, d, 0.02, prior_mean=s).evaluations > res.evaluations  # without it: more steps
