@@ -118,6 +118,10 @@ class BatchedOperator:
         k = self.psf.to(img.dtype)
         # conv2d correlates: the convolution uses the flipped kernel, the adjoint the kernel itself
         w = (k if adjoint else torch.flip(k, dims=(1, 2)))[:, None]
+        if self.batch > 1 and bool((k == k[:1]).all()):
+            # one kernel for all (e.g. one lens seen through several symmetries): a plain batched
+            # convolution, several times faster on CPU than the grouped one
+            return torch.nn.functional.conv2d(img[:, None], w[:1], padding=k.shape[-1] // 2)[:, 0]
         return torch.nn.functional.conv2d(img[None], w, padding=k.shape[-1] // 2, groups=self.batch)[0]
 
     def _check(self, x: torch.Tensor, n: int, name: str) -> None:
