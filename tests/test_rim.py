@@ -320,3 +320,33 @@ def test_runs_from_before_normalisation_resume_only_without_it(tmp_path):
     assert load_checkpoint(path)["step"] == 2
     with pytest.raises(ValueError, match="normalize must be a bool"):
         TrainConfig(normalize=1)
+
+
+@pytest.mark.parametrize("size", [11, 15, 31])
+def test_fft_blur_matches_the_convolution(rng, size):
+    """The CPU blur for larger kernels (an FFT product) equals scipy's convolve2d(mode="same") and its
+    adjoint the correlation, per lens and with one kernel for the batch."""
+    from scipy.signal import convolve2d, correlate2d
+
+    from rim.physics import _FFT_FROM, _fft_blur
+
+    assert size >= _FFT_FROM
+    img = rng.normal(size=(3, 24, 24))
+    k = rng.uniform(size=(3, size, size))
+    for adjoint, ref in ((False, convolve2d), (True, correlate2d)):
+        got = _fft_blur(torch.as_tensor(img), torch.as_tensor(k), adjoint).numpy()
+        want = np.stack([ref(img[b], k[b], mode="same") for b in range(3)])
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-12 * np.abs(want).max())
+        shared = _fft_blur(torch.as_tensor(img), torch.as_tensor(k[:1]), adjoint).numpy()
+        np.testing.assert_allclose(shared[2], ref(img[2], k[0], mode="same"), rtol=0, atol=1e-12 * np.abs(want).max())
+    # and the operator uses it: BatchedOperator against the numpy operator with a large PSF
+    ops = [lensinv.operator(Lens(SIE(0.7, 0.8, 0.3)), IMG, SRC, psf=lensinv.gaussian_psf(0.4, 0.1, size=size),
+                            supersample=2) for _ in range(2)]
+    bop = BatchedOperator.from_scipy([o.L for o in ops], IMG.n, SRC.n, dtype=torch.float64, psfs=[o.psf for o in ops])
+    s = rng.normal(size=(2, SRC.n, SRC.n))
+    d = rng.normal(size=(2, IMG.n, IMG.n))
+    for b, o in enumerate(ops):
+        np.testing.assert_allclose(bop.apply(torch.as_tensor(s))[b].numpy().ravel(), o.apply(s[b]).ravel(),
+                                   rtol=0, atol=1e-12)
+        np.testing.assert_allclose(bop.adjoint(torch.as_tensor(d))[b].numpy().ravel(), o.adjoint(d[b]).ravel(),
+                                   rtol=0, atol=1e-12)
