@@ -188,3 +188,21 @@ def test_limit_1_and_examples_0(cmp, tiny_data, tiny_model, tmp_path):
     assert json.loads((out / "summary.json").read_text())["n_lenses"] == 1
     assert not (out / "examples.png").exists() and (out / "flux.png").stat().st_size > 0
     assert "examples.png" not in (out / "summary.md").read_text()
+
+
+def test_rim_transforms_and_rim_wd_mask(cmp, tiny_data, tiny_model, tmp_path):
+    """--rim-transforms 1 is one pass of the network, 8 the symmetry average (different estimates);
+    --rim-wd-mask arcs inverts the arc mask for RIM+WD while Warren-Dye keeps all pixels."""
+    rmse = {}
+    for k in (1, 8):
+        out = tmp_path / f"t{k}"
+        assert _main(cmp, tiny_data, out, tiny_model, "--limit", "2", "--examples", "0", "--rim-transforms", k,
+                     "--rim-wd-forms", "curvature", "--rim-wd-mask", "arcs" if k == 8 else "same") == 0
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["rim_transforms"] == k
+        rmse[k] = summary["methods"]["RIM"]["rmse"]["median"]
+        text = (out / "summary.md").read_text()
+        assert ("mean over 8 turns" in text) == (k == 8) and ("RIM+WD: on the data-driven arc mask" in text) == (k == 8)
+    assert rmse[1] != rmse[8]
+    with pytest.raises(SystemExit):
+        _main(cmp, tiny_data, tmp_path / "bad", tiny_model, "--rim-transforms", 3)
