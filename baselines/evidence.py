@@ -354,7 +354,8 @@ def _maximise_evidence(evaluate: _Evidence, x0: float, tol: float, start_single:
         if not single and abs(step) < tol and (p.dg < 0 and 0.5 * p.g * p.g / -p.dg < _GAIN_TOL):
             return "converged"
         if evaluate.at_asymptote(p):
-            log.debug("the evidence is within %g nats of its limit as lam -> inf at lam = %.3g", _GAIN_TOL, math.exp(x))
+            log.debug("the evidence is within %g nats of its limit as lam -> inf at lam = %.3g", _ASYMPTOTE_TOL,
+                      math.exp(x))
             return "flat"
         if _flat(pts, step):
             # still rising, but by less than _GAIN_TOL over a full step: the evidence has levelled

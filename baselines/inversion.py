@@ -15,6 +15,7 @@ evidence is ``log N(d; M s0, C + M (lam H)^-1 M^T)`` (see :mod:`baselines.eviden
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import time
 from dataclasses import dataclass, field
@@ -232,26 +233,20 @@ def invert_by_evidence(op: Any, image: np.ndarray, sigma: Union[float, np.ndarra
     forms = tuple(get_regularization(f) for f in forms)
     if not forms:
         raise ValueError("forms must name at least one regularization")
-    unknown = set(kwargs) - _INVERT_OPTIONS
-    if unknown:
-        raise TypeError(f"invert_by_evidence got unexpected keyword arguments {sorted(unknown)}")
-    if kwargs.get("nonnegative") or len(forms) == 1:
+    # invert's own signature gives the options and their defaults (a TypeError for unknown ones)
+    a = inspect.signature(invert).bind(op, image, sigma, **kwargs)
+    a.apply_defaults()
+    a = a.arguments
+    if a["nonnegative"] or len(forms) == 1:
         return max((invert(op, image, sigma, regularization=f, **kwargs) for f in forms), key=lambda r: r.log_evidence)
     # one set of normal equations serves every form (each factorisation takes over a copy of P)
     t0 = time.perf_counter()
-    lam = _check_lam(kwargs.get("lam"))
-    lam_tol = _check_lam_tol(kwargs.get("lam_tol", 0.04))
-    neq = normal_equations(op, image, sigma, kwargs.get("mask"), prior_mean=kwargs.get("prior_mean"),
-                           backend=kwargs.get("backend", "auto"), unknowns=kwargs.get("unknowns", "reached"),
-                           basis=kwargs.get("basis"), basis_std=kwargs.get("basis_std"))
+    lam, lam_tol = _check_lam(a["lam"]), _check_lam_tol(a["lam_tol"])
+    neq = normal_equations(op, image, sigma, a["mask"], prior_mean=a["prior_mean"], backend=a["backend"],
+                           unknowns=a["unknowns"], basis=a["basis"], basis_std=a["basis_std"])
     results = [_solve(dataclasses.replace(neq, P=neq.P.copy()) if i < len(forms) - 1 else neq, f, lam, lam_tol,
-                      kwargs.get("return_std", False), False, t0) for i, f in enumerate(forms)]
+                      a["return_std"], False, t0) for i, f in enumerate(forms)]
     return max(results, key=lambda r: r.log_evidence)
-
-
-#: the keyword arguments of invert that invert_by_evidence passes on
-_INVERT_OPTIONS = frozenset({"lam", "mask", "prior_mean", "return_std", "nonnegative", "backend", "lam_tol",
-                             "unknowns", "basis", "basis_std"})
 
 
 def _check_lam_tol(lam_tol: float) -> float:

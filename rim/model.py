@@ -278,8 +278,8 @@ class RIM(nn.Module):
             rel = np.ones(len(syms))
         else:
             sig = sig.reshape(img.shape)
-            rel = np.stack([np.ascontiguousarray(t.apply(_relative_sigma(sig, self.MIN_RELATIVE_SIGMA)))
-                            for t in syms])
+            rel_map = _relative_sigma(sig, self.MIN_RELATIVE_SIGMA)  # once: it may warn
+            rel = np.stack([np.ascontiguousarray(t.apply(rel_map)) for t in syms])
         log.debug("RIM data scale %g (peak S/N %g), %d transforms", k, scale / float(np.median(sig)), len(syms))
         # the turned problems (the identity first) in one batch: the same scale k (robust_scale is invariant)
         data = np.stack([np.ascontiguousarray(t.apply(img)) for t in syms])

@@ -274,3 +274,26 @@ def test_the_asymptote_stops_a_search_whose_values_jitter(problem, rng, monkeypa
     assert res.status == "flat" and res.evaluations <= 8
     monkeypatch.setattr(ev._Evidence, "at_asymptote", lambda self, p: False)
     assert invert(op, d, 0.02, prior_mean=s).evaluations > res.evaluations  # without it: more steps
+
+
+def test_invert_by_evidence_is_the_best_of_separate_inversions(problem, rng):
+    """One set of normal equations shared by the forms gives what separate inversions give; the form
+    of highest evidence wins; invert's options pass through and others are refused."""
+    op, s, d = problem
+    mask = np.ones(d.shape, bool)
+    mask[:3] = False
+    prior = 0.8 * s
+    kw = {"mask": mask, "prior_mean": prior, "lam_tol": 0.02}
+    separate = [invert(op, d, 0.02, regularization=f, **kw) for f in ("gradient", "curvature", "zeroth")]
+    best = max(separate, key=lambda r: r.log_evidence)
+    got = baselines.invert_by_evidence(op, d, 0.02, forms=("gradient", "curvature", "zeroth"), **kw)
+    assert got.regularization == best.regularization
+    assert got.lam == pytest.approx(best.lam, rel=1e-10)
+    assert got.log_evidence == pytest.approx(best.log_evidence, rel=1e-12)
+    np.testing.assert_allclose(got.source, best.source, rtol=1e-9, atol=1e-12)
+    with pytest.raises(TypeError, match="bogus"):
+        baselines.invert_by_evidence(op, d, 0.02, bogus=1)
+    with pytest.raises(ValueError, match="regularization"):
+        baselines.invert_by_evidence(op, d, 0.02, regularization="gradient")
+    with pytest.raises(ValueError, match="lam_tol"):
+        baselines.invert_by_evidence(op, d, 0.02, lam_tol=-1.0)
