@@ -26,6 +26,7 @@ import numpy as np  # noqa: E402
 
 import baselines  # noqa: E402
 import rim  # noqa: E402
+from lensinv.cli import int_at_least  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ def measure(cases: list, funcs: dict[str, Callable]) -> list[Row]:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=None, help="a build_operators.py file (default: simulate)")
-    ap.add_argument("--n", type=int, default=8, help="lenses (default 8)")
+    ap.add_argument("--n", type=int_at_least(1), default=8, help="lenses (>= 1, default 8)")
     ap.add_argument("--seed", type=int, default=20261206, help="simulation seed")
     args = ap.parse_args(argv)
     model = rim.load_pretrained()
