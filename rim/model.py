@@ -29,11 +29,15 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from .physics import BatchedOperator
 from .symmetry import Symmetry, SymmetrisedOperator, symmetries
 
 log = logging.getLogger(__name__)
+
+#: Symmetries :meth:`RIM.reconstruct` averages over by default (see there for the trade of time and error).
+DEFAULT_TRANSFORMS = 4
 
 @dataclass(frozen=True)
 class RIMConfig:
@@ -87,7 +91,14 @@ class ConvGRUCell(nn.Module):
         self.gates = nn.Conv2d(in_ch + hidden, 2 * hidden, kernel, padding=kernel // 2)
         self.cand = nn.Conv2d(in_ch + hidden, hidden, kernel, padding=kernel // 2)
 
-    def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, h: Optional[torch.Tensor]) -> torch.Tensor:
+        """The next state from input ``x`` and state ``h`` (None: the zero state, whose channels the
+        convolutions then skip: the same result for a fifth to a half of the work)."""
+        if h is None:
+            k = x.shape[1]
+            hid = self.hidden  # the reset gate multiplies the zero state: only the update gate is needed
+            z = torch.sigmoid(F.conv2d(x, self.gates.weight[:hid, :k], self.gates.bias[:hid], padding=self.gates.padding))
+            return z * torch.tanh(F.conv2d(x, self.cand.weight[:, :k], self.cand.bias, padding=self.cand.padding))
         z, r = torch.sigmoid(self.gates(torch.cat([x, h], dim=1))).chunk(2, dim=1)
         n = torch.tanh(self.cand(torch.cat([x, r * h], dim=1)))
         return (1 - z) * h + z * n
@@ -138,9 +149,7 @@ class RIM(nn.Module):
                              f"match the model (image {c.image_n}, source {n})")
         dev = next(self.parameters()).device
         s = torch.zeros(b, n, n, device=dev) if init is None else init
-        m = n // 2 if c.downsample else n
-        h1 = torch.zeros(b, c.hidden1, m, m, device=dev)
-        h2 = torch.zeros(b, c.hidden2, n, n, device=dev)
+        h1 = h2 = None  # the zero state (ConvGRUCell skips its channels)
         out = []
         for _ in range(c.steps):
             with torch.no_grad(), torch.autocast(device_type=dev.type, enabled=False):
@@ -154,7 +163,7 @@ class RIM(nn.Module):
         return out
 
     @torch.no_grad()
-    def reconstruct(self, op: Any, image: np.ndarray, sigma: Any, *, transforms: int = 8) -> np.ndarray:
+    def reconstruct(self, op: Any, image: np.ndarray, sigma: Any, *, transforms: int = DEFAULT_TRANSFORMS) -> np.ndarray:
         """Reconstruct one lens, on the model's device.
 
         Parameters

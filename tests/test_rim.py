@@ -384,3 +384,28 @@ def test_split_and_join_checkpoint(tmp_path):
         join_checkpoint(tmp_path / "parts", tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="no optimiser state"):
         split_checkpoint(weights, tmp_path / "again")
+
+
+def test_gru_zero_state_skips_its_channels():
+    """``ConvGRUCell(x, None)`` (the zero state, whose channels the convolutions skip) equals the cell
+    with an explicit zero state, values and gradients, and the RIM starts from it."""
+    from rim.model import ConvGRUCell
+
+    torch.manual_seed(0)
+    cell = ConvGRUCell(6, 10, 5).double()
+    x = torch.randn(3, 6, 12, 12, dtype=torch.float64, requires_grad=True)
+    fast = cell(x, None)
+    (gx_fast,) = torch.autograd.grad(fast.square().sum(), x)
+    slow = cell(x, torch.zeros(3, 10, 12, 12, dtype=torch.float64))
+    (gx_slow,) = torch.autograd.grad(slow.square().sum(), x)
+    torch.testing.assert_close(fast, slow, rtol=1e-14, atol=1e-14)
+    torch.testing.assert_close(gx_fast, gx_slow, rtol=1e-13, atol=1e-14)
+    for h in (None, torch.zeros(3, 10, 12, 12, dtype=torch.float64)):
+        cell.zero_grad()
+        cell(x, h).square().sum().backward()
+        grads = [p.grad.clone() for p in cell.parameters()]
+        if h is None:
+            first = grads
+    for a, b in zip(first, grads):
+        torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-14)
+    assert not torch.equal(cell(x, torch.ones(3, 10, 12, 12, dtype=torch.float64)), fast)  # the state matters
