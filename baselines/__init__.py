@@ -15,7 +15,7 @@ maximising the same evidence over the lens parameters (:mod:`baselines.lens_fit`
 """
 
 from .evidence import EvidenceSearch, Prior, restricted_prior, search_evidence
-from .inversion import InversionResult, invert, invert_by_evidence
+from .inversion import SELECTIONS, InversionResult, invert, invert_by_evidence
 from .lens_fit import FitConfig, FitProgress, LensFit, MGELight, annular_mask, bad_pixel_mask, fit_lens
 from .masks import arc_mask
 from .normal_equations import NormalEquations, normal_equations
@@ -24,6 +24,7 @@ from .solvers import NotPositiveDefiniteError, have_cholmod
 from .warren_dye import warren_dye_setup
 
 __all__ = ["Curvature", "EvidenceSearch", "FORMS", "FitConfig", "FitProgress", "Gradient", "InversionResult",
-           "LensFit", "MGELight", "NormalEquations", "NotPositiveDefiniteError", "Prior", "Regularization", "Zeroth",
+           "LensFit", "MGELight", "NormalEquations", "NotPositiveDefiniteError", "Prior", "Regularization", "SELECTIONS",
+           "Zeroth",
            "annular_mask", "arc_mask", "bad_pixel_mask", "fit_lens", "have_cholmod", "invert", "invert_by_evidence",
            "normal_equations", "regularization_matrix", "restricted_prior", "search_evidence", "warren_dye_setup"]

@@ -358,8 +358,8 @@ def test_search_from_the_binned_source_finds_the_maximum(rng, monkeypatch, backe
     monkeypatch.setattr(inversion, "_COARSE_FROM", 0)
     monkeypatch.setattr(inversion, "_EXACT_TRACE_MAX", 0)
     calls = []
-    real = inversion._coarse_guess
-    monkeypatch.setattr(inversion, "_coarse_guess", lambda *a: calls.append(1) or real(*a))
+    real = inversion._binned
+    monkeypatch.setattr(inversion, "_binned", lambda *a: calls.append(1) or real(*a))
     best = invert(op, d, 0.02, regularization="gradient", backend=backend)
     assert calls == [1] and best.backend == backend
     assert abs(math.log10(best.lam / plain.lam)) < 2 * 0.04
@@ -381,6 +381,57 @@ def test_failed_binned_start_falls_back_to_the_balance_guess(rng, monkeypatch):
         raise solvers.NotPositiveDefiniteError("not positive definite (test)")
 
     monkeypatch.setattr(inversion, "_COARSE_FROM", 0)
-    monkeypatch.setattr(inversion, "_coarse_guess", fail)
+    monkeypatch.setattr(inversion, "_binned", fail)
     res = invert(op, d, 0.02, regularization="curvature")
     assert res.lam == pytest.approx(plain.lam) and res.log_evidence == pytest.approx(plain.log_evidence)
+
+
+def test_binned_form_selection_follows_the_full_evidence(monkeypatch):
+    """``invert_by_evidence(select="binned")`` compares the forms by the 2x2-binned source's evidence
+    (1,600 unknowns: above the binning threshold) and solves with the winner alone: the same result
+    as solving with both; the binned evidences' difference follows the full one's."""
+    from baselines import inversion
+    from baselines.evidence import binned_evidence
+    from baselines.normal_equations import normal_equations
+    from baselines.regularization import get_regularization
+
+    img, src = ImageGrid(72, 0.05), SourceGrid(40, 0.9)
+    op = lensinv.operator(LENS, img, src, psf=lensinv.gaussian_psf(0.1, img.pixel_scale), supersample=2)
+    x, y = src.coordinates()
+    s = np.exp(-0.5 * ((x - 0.03) ** 2 + (y + 0.02) ** 2) / 0.12**2) + 0.5 * np.exp(
+        -0.5 * ((x + 0.1) ** 2 + (y - 0.1) ** 2) / 0.05**2)
+    d = op.apply(s) + np.random.default_rng(0).normal(0, 0.02, img.shape)
+    solved = []
+    real = inversion._solve
+    monkeypatch.setattr(inversion, "_solve", lambda neq, form, *a, **k: solved.append(form.name) or real(neq, form, *a, **k))
+    for prior_mean in (None, 0.9 * s):
+        neq = normal_equations(op, d, 0.02, prior_mean=prior_mean)
+        assert neq.n == 1600
+        binned = [binned_evidence(neq, get_regularization(f)) for f in ("gradient", "curvature")]
+        solved.clear()
+        full = baselines.invert_by_evidence(op, d, 0.02, prior_mean=prior_mean)
+        assert solved == ["gradient", "curvature"]
+        each = {f: invert(op, d, 0.02, regularization=f, prior_mean=prior_mean).log_evidence
+                for f in ("gradient", "curvature")}
+        diff = each["curvature"] - each["gradient"]
+        assert abs(binned[1].log_evidence - binned[0].log_evidence - diff) < 0.25 * abs(diff)
+        solved.clear()
+        got = baselines.invert_by_evidence(op, d, 0.02, prior_mean=prior_mean, select="binned")
+        assert solved == [full.regularization]  # the winner alone
+        assert got.regularization == full.regularization and got.lam == pytest.approx(full.lam, rel=1e-12)
+        np.testing.assert_allclose(got.source, full.source, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="select"):
+        baselines.invert_by_evidence(op, d, 0.02, select="coarse")
+
+
+def test_binned_selection_of_a_small_problem_solves_every_form(rng, monkeypatch):
+    """Up to 1,500 unknowns (where nothing is binned) ``select="binned"`` compares the forms in full."""
+    from baselines import inversion
+
+    op, _, d = _problem(rng)
+    solved = []
+    real = inversion._solve
+    monkeypatch.setattr(inversion, "_solve", lambda neq, form, *a, **k: solved.append(form.name) or real(neq, form, *a, **k))
+    got = baselines.invert_by_evidence(op, d, 0.02, select="binned")
+    assert solved == ["gradient", "curvature"]
+    assert got.log_evidence == max(invert(op, d, 0.02, regularization=f).log_evidence for f in ("gradient", "curvature"))
