@@ -12,14 +12,15 @@ from typing import Optional, Union
 
 import torch
 
-from .model import RIM, RIMConfig
+from .model import DEFAULT_TRANSFORMS, RIM, RIMConfig
 from .physics import BatchedOperator, BatchedVisibilityOperator
+from .symmetry import TRANSFORM_COUNTS
 
 WEIGHTS = Path(__file__).resolve().parent / "weights" / "rim_realistic.pt"
 #: weights trained on interferometric data (the alma preset; see their model card)
 ALMA_WEIGHTS = WEIGHTS.with_name("rim_alma.pt")
 
-__all__ = ["RIM", "RIMConfig", "BatchedOperator", "BatchedVisibilityOperator", "load_pretrained", "resolve_device",
+__all__ = ["DEFAULT_TRANSFORMS", "RIM", "RIMConfig", "TRANSFORM_COUNTS", "BatchedOperator", "BatchedVisibilityOperator", "load_pretrained", "resolve_device",
            "WEIGHTS", "ALMA_WEIGHTS"]
 
 _DEVICE_TYPES = ("cpu", "cuda", "mps")

@@ -37,7 +37,7 @@ from .symmetry import Symmetry, SymmetrisedOperator, symmetries
 log = logging.getLogger(__name__)
 
 #: Symmetries :meth:`RIM.reconstruct` averages over by default (see there for the trade of time and error).
-DEFAULT_TRANSFORMS = 4
+DEFAULT_TRANSFORMS = 2
 
 @dataclass(frozen=True)
 class RIMConfig:
@@ -185,14 +185,15 @@ class RIM(nn.Module):
             Noise standard deviation (same unit as ``image``): a scalar, or a map of the image's
             shape; for visibilities a scalar or one per visibility (per real and per imaginary
             part); finite and > 0.
-        transforms : {8, 4, 2, 1}
+        transforms : {1, 2, 4, 8}
             How many symmetries of the square grids (:data:`rim.symmetry.D4`: rotations by
             multiples of 90 degrees and mirrors) the estimate is averaged over: the whole
             observation is turned, the network run on each turned problem (one batch), and the
             answers turned back and averaged. 1 runs the network once. The network's cost grows
-            in proportion; the error falls (weights of 2026-12-04, median source RMSE on 20
-            validation-galaxy lenses, PSF 0.08", peak S/N 50: 0.0103 with 1, 0.0091 with 2, 0.0087
-            with 4, 0.0085 with 8; docs/performance.md). Default 8.
+            in proportion (2 cores: 0.08 / 0.13 / 0.23 / 0.44 s per lens with 1 / 2 / 4 / 8); the
+            error falls (shipped weights, median source RMSE on 40 validation-galaxy lenses, PSF
+            0.08", peak S/N 50: 0.0084 with 2, 0.0078 with 4, 0.0076 with 8; docs/performance.md).
+            Default :data:`DEFAULT_TRANSFORMS` (2: within the 0.2 s per lens the project aims at).
 
         Returns
         -------

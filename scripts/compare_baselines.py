@@ -72,11 +72,13 @@ class Reconstruction:
 
 
 def reconstruct_all(model, op, image: np.ndarray, sigma: float, forms: tuple[str, ...], use_mask: bool,
-                    rim_wd_forms: tuple[str, ...] = (), transforms: int = 8, rim_wd_mask: bool | None = None):
+                    rim_wd_forms: tuple[str, ...] = (), transforms: int = rim.DEFAULT_TRANSFORMS, rim_wd_mask: bool | None = None,
+                    rim_wd_select: str = "binned"):
     """RIM, Warren-Dye (each regularization) and RIM+WD reconstructions of one lens.
 
     RIM+WD: the RIM's estimate as the prior mean of an evidence-optimised Warren-Dye inversion, the
-    regularization among ``rim_wd_forms`` chosen by evidence (its time includes the RIM's), on the arc
+    regularization among ``rim_wd_forms`` chosen by evidence (``rim_wd_select``: of the full or the 2x2-binned
+    problem, see ``baselines.invert_by_evidence``; its time includes the RIM's), on the arc
     mask if ``rim_wd_mask`` (None: as Warren-Dye, ``use_mask``; source pixels the used data do not
     reach keep the RIM's estimate). The RIM averages over ``transforms`` turns and mirrors of the
     observation (:mod:`rim.symmetry`).
@@ -100,7 +102,8 @@ def reconstruct_all(model, op, image: np.ndarray, sigma: float, forms: tuple[str
         t0 = time.perf_counter()
         if rim_wd_mask is not None and rim_wd_mask != use_mask and not np.iscomplexobj(image):
             wd_mask = baselines.warren_dye_setup(image, sigma, mask=rim_wd_mask).mask
-        res = baselines.invert_by_evidence(op, image, wd_sigma, forms=rim_wd_forms, mask=wd_mask, prior_mean=rim_source)
+        res = baselines.invert_by_evidence(op, image, wd_sigma, forms=rim_wd_forms, mask=wd_mask, prior_mean=rim_source,
+                                           select=rim_wd_select)
         out.append(Reconstruction("RIM+WD", res.source, t_rim + time.perf_counter() - t0))
     return out
 
@@ -128,7 +131,7 @@ def summarise(rows: list[dict], methods: list[str]) -> dict:
 
 def write_summary(path: Path, summary: dict, n: int, device: str, data: str, checkpoint: str, mask: bool,
                   failed: list[dict] = (), examples: bool = True, visibilities: bool = False,
-                  transforms: int = 8, rim_wd_mask: str = "same") -> None:
+                  transforms: int = rim.DEFAULT_TRANSFORMS, rim_wd_mask: str = "same", rim_wd_select: str = "binned") -> None:
     names = {"rmse": "source RMSE", "ssim": "SSIM", "flux_error": "|flux error|", "chi2_per_pixel": "chi2/N",
              "seconds": f"time per lens (s, {device})"}
     lines = [f"# RIM versus Warren-Dye on {n} test lenses", "",
@@ -152,7 +155,10 @@ def write_summary(path: Path, summary: dict, n: int, device: str, data: str, che
               + (f", the mean over {transforms} turns and mirrors of the observation (rim.symmetry)." if transforms > 1
                  else " (one pass of the network).")
               + ("" if rim_wd_mask == "same" or visibilities else
-                 f" RIM+WD: on {'the data-driven arc mask' if rim_wd_mask == 'arcs' else 'all pixels'}.")]
+                 f" RIM+WD: on {'the data-driven arc mask' if rim_wd_mask == 'arcs' else 'all pixels'}.")
+              + (" RIM+WD's regularization form: the highest evidence of the "
+                 + ("2x2-binned source's (the winner solved alone)." if rim_wd_select == "binned"
+                    else "full inversions'."))]
     if failed:
         lines += ["", f"Failed ({len(failed)} lenses, not in the statistics; also failed.csv):", ""]
         lines += [f"- lens at position {f['position']} of the data set: {f['error']}" for f in failed]
@@ -255,11 +261,13 @@ FIELDS = ("lens", "method", "snr", "psf_fwhm", "theta_E", "true_flux", "flux", *
 
 
 def compare_lens(ds: LensDataset, i: int, model, forms: tuple[str, ...], use_mask: bool,
-                 rim_wd_forms: tuple[str, ...] = (), transforms: int = 8, rim_wd_mask: bool | None = None):
+                 rim_wd_forms: tuple[str, ...] = (), transforms: int = rim.DEFAULT_TRANSFORMS, rim_wd_mask: bool | None = None,
+                 rim_wd_select: str = "binned"):
     """Metrics rows and reconstructions of lens ``i`` (raises for a bad lens)."""
     ex = ds[i]
     op = ex.operator()
-    recs = reconstruct_all(model, op, ex.data, ex.sigma, forms, use_mask, rim_wd_forms, transforms, rim_wd_mask)
+    recs = reconstruct_all(model, op, ex.data, ex.sigma, forms, use_mask, rim_wd_forms, transforms, rim_wd_mask,
+                           rim_wd_select)
     rows = [{"lens": ex.index, "method": rec.method, "snr": ex.snr, "psf_fwhm": ex.psf_fwhm,
              "theta_E": ex.lens.components[0].theta_E, "true_flux": float(ex.source.sum()),
              "flux": float(rec.source.sum()), **lens_metrics(rec, ex.source, op, ex.data, ex.sigma)}
@@ -302,9 +310,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rim-wd-mask", choices=["same", "arcs", "all"], default="same",
                     help="RIM+WD's data: as Warren-Dye's (same, the default), the data-driven arc mask (arcs; source "
                          "pixels it does not reach keep the RIM's estimate; faster) or all pixels")
-    ap.add_argument("--rim-transforms", type=int, choices=[1, 2, 4, 8], default=8,
+    ap.add_argument("--rim-wd-select", choices=list(baselines.SELECTIONS), default="binned",
+                    help="RIM+WD's choice of form: by the evidence of the 2x2-binned source, solving the winner alone "
+                         "(binned, the default: half the time for two forms) or of every form's full inversion")
+    ap.add_argument("--rim-transforms", type=int, choices=list(rim.TRANSFORM_COUNTS), default=rim.DEFAULT_TRANSFORMS,
                     help="the RIM's estimate averaged over this many turns and mirrors of each observation "
-                         "(rim.symmetry; 1: one pass of the network); default 8")
+                         f"(rim.symmetry; 1: one pass of the network); default {rim.DEFAULT_TRANSFORMS}")
     ap.add_argument("--mask", action="store_true",
                     help="Warren-Dye on a data-driven arc mask (faster; it may miss faint emission) instead of all pixels")
     ap.add_argument("--examples", type=int_at_least(0), default=4,
@@ -363,7 +374,8 @@ def main(argv: list[str] | None = None) -> int:
         for i in tqdm(range(n), unit="lens"):
             try:
                 ex, recs, lens_rows = compare_lens(ds, i, model, forms, args.mask, rim_wd_forms, args.rim_transforms,
-                                                   rim_wd_mask={"arcs": True, "all": False}.get(args.rim_wd_mask))
+                                                   rim_wd_mask={"arcs": True, "all": False}.get(args.rim_wd_mask),
+                                                   rim_wd_select=args.rim_wd_select)
             except LENS_ERRORS as exc:
                 msg = " ".join(f"{type(exc).__name__}: {exc}".split())
                 tqdm.write(f"warning: lens {i} (position in --data) failed, skipped: {msg}", file=sys.stderr)
@@ -388,11 +400,11 @@ def main(argv: list[str] | None = None) -> int:
     write_text_atomic(args.out / "summary.json", json.dumps(
         {"n_lenses": n_ok, "n_requested": n, "n_failed": len(failed), "failed": failed, "interrupted": interrupted,
          "data": args.data, "checkpoint": ckpt, "device": args.device, "rim_transforms": args.rim_transforms,
-         "rim_wd_mask": args.rim_wd_mask,
+         "rim_wd_mask": args.rim_wd_mask, "rim_wd_select": args.rim_wd_select,
          "methods": summary}, indent=2))
     write_summary(args.out / "summary.md", summary, n_ok, args.device, args.data, ckpt, args.mask, failed,
                   examples=bool(examples), visibilities=visibilities, transforms=args.rim_transforms,
-                  rim_wd_mask=args.rim_wd_mask)
+                  rim_wd_mask=args.rim_wd_mask, rim_wd_select=args.rim_wd_select)
     if rows:
         figures(args.out, examples, rows, methods, ds.source_grid.extent, ds.image_grid.extent)
     print((args.out / "summary.md").read_text().split("\n\n![")[0])

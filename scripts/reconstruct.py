@@ -355,12 +355,18 @@ def main(argv: list[str] | None = None) -> int:
                     help="model the lens galaxy's light jointly (multi-Gaussian expansion, linear amplitudes)")
     ap.add_argument("--method", choices=["rim", "warren-dye", "rim+wd"], default="rim",
                     help="rim+wd: the RIM estimate as the prior mean of an evidence-optimised Warren-Dye inversion "
-                         "(gradient or curvature, whichever has the higher evidence)")
+                         "(gradient or curvature, whichever has the higher evidence; see --rim-wd-select)")
+    ap.add_argument("--rim-wd-select", choices=["binned", "full"], default="binned",
+                    help="rim+wd's choice of form: by the evidence of the 2x2-binned source, solving the winner alone "
+                         "(binned, the default: half the time) or of both forms' full inversions (full); sources of "
+                         "up to 1,500 pixels are always compared in full")
     ap.add_argument("--regularization", choices=FORMS, default="gradient", help="for warren-dye")
     ap.add_argument("--checkpoint", default=None, help="RIM weights (default: shipped)")
-    ap.add_argument("--rim-transforms", type=int, choices=[1, 2, 4, 8], default=8,
+    # rim.TRANSFORM_COUNTS and rim.DEFAULT_TRANSFORMS (rim is imported only where a RIM runs; a test checks them)
+    ap.add_argument("--rim-transforms", type=int, choices=[1, 2, 4, 8], default=2,
                     help="average the RIM's estimate over this many turns and mirrors of the observation (rim.symmetry; "
-                         "1: one pass of the network, 8 times cheaper, larger errors); default 8")
+                         "1: one pass of the network; 4 and 8: two and four times the time of 2, smaller errors); "
+                         "default 2")
     ap.add_argument("--pixel-scale", type=positive_float, default=None,
                     help="arcsec/pixel (> 0); default: from the FITS header")
     ap.add_argument("--source-n", type=int_at_least(2), default=None,
@@ -582,7 +588,7 @@ def run(args) -> int:
                 B, std = _light_basis(grid, lens, kernel, image, fitted)
                 kw = {"basis": B, "basis_std": std}
             res = baselines.invert_by_evidence(op, image, sigma, forms=("gradient", "curvature"), prior_mean=source,
-                                               mask=fitted, **kw)
+                                               mask=fitted, select=args.rim_wd_select, **kw)
             source, log_ev = res.source, float(res.log_evidence)
             model_image = op.apply(source)
             if args.lens_light:
@@ -883,7 +889,7 @@ def run_visibilities(args) -> int:
         res = baselines.invert(op, data.vis, data.sigma, regularization=args.regularization)
     elif args.method == "rim+wd":  # the RIM estimate as the prior mean, form chosen by evidence
         res = baselines.invert_by_evidence(op, data.vis, data.sigma, forms=("gradient", "curvature"),
-                                           prior_mean=source)
+                                           prior_mean=source, select=args.rim_wd_select)
     if args.method != "rim":
         source, log_ev = res.source, float(res.log_evidence)
         extra.update({"REGUL": res.regularization, "LAMBDA": res.lam, "LOGEV": res.log_evidence})

@@ -10,7 +10,8 @@ def test_rows_are_medians_relative_to_the_peer():
     import rim
 
     funcs = mod.methods(rim.load_pretrained())
-    assert list(funcs)[0].endswith("(peer)") and len(funcs) == 10
+    assert list(funcs)[0].endswith("(peer)") and len(funcs) == 9
+    assert sum("(default)" in k for k in funcs) == 2
     cases = mod.lenses(None, 1, 3)
     picked = {k: funcs[k] for k in list(funcs)[:2]}
     rows = mod.measure(cases, picked)
@@ -18,5 +19,5 @@ def test_rows_are_medians_relative_to_the_peer():
     assert rows[0].ratio == 1.0 and all(r.seconds > 0 and np.isfinite(r.ratio) for r in rows)
     # RIM+WD's estimate is a finite source on the lens's grid
     op, image, sigma = cases[0]
-    res = funcs["RIM+WD, curvature, arc mask"](op, image, sigma)
+    res = funcs[f"RIM+WD, {rim.DEFAULT_TRANSFORMS} symmetries, curvature, arc mask"](op, image, sigma)
     assert res.source.shape == (op.source_grid.n, op.source_grid.n) and np.all(np.isfinite(res.source))

@@ -162,3 +162,7 @@ def test_rim_plus_warren_dye_fits_the_data(rec, obs, tiny_rim, tmp_path):
         h = hdul[0].header
         assert h["METHOD"] == "rim+wd" and h["REGUL"] in ("gradient", "curvature")
         assert 0.5 < h["CHI2N"] < 1.5
+        # the script's literal default (rim is imported only where a RIM runs) is the library's
+        import rim
+
+        assert h["RIMTRF"] == rim.DEFAULT_TRANSFORMS

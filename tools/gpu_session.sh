@@ -12,6 +12,11 @@
 # so the repository runs from PYTHONPATH.
 #
 #   bash tools/gpu_session.sh [TRAIN_SECONDS] [BATCH] [WORKERS]      # defaults 420 64 14
+#
+# DEVICE (default cuda), CHECKPOINT_EVERY (100) and VAL_LENSES (64) may be set in the environment, e.g.
+# a smoke run of the whole path on a CPU (two calls, the second resuming the first's parts):
+#   DEVICE=cpu CHECKPOINT_EVERY=1 VAL_LENSES=2 OUT=/tmp/g1 bash tools/gpu_session.sh 90 2 0
+#   DEVICE=cpu CHECKPOINT_EVERY=1 VAL_LENSES=2 OUT=/tmp/g2 RESUME_FROM=/tmp/g1 bash tools/gpu_session.sh 90 2 0
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -20,18 +25,22 @@ SECONDS_TRAIN=${1:-420}
 BATCH=${2:-64}
 WORKERS=${3:-14}
 RESUME_FROM=${RESUME_FROM:-gpu_resume}
+DEVICE=${DEVICE:-cuda}
+CHECKPOINT_EVERY=${CHECKPOINT_EVERY:-100}
+VAL_LENSES=${VAL_LENSES:-64}
 mkdir -p "$OUT" "$OUT/run"
 nvidia-smi --query-gpu=name,memory.total --format=csv > "$OUT/gpu.txt" 2>&1
 python -c "import torch, numba; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'numba', numba.__version__)" \
     | tee "$OUT/env.txt"
-timeout 120 python benchmarks/rim_throughput.py --device cuda --batch 64 --repeats 5 --amp 2>&1 | tee "$OUT/throughput.txt"
+timeout 120 python benchmarks/rim_throughput.py --device "$DEVICE" --batch "$BATCH" --repeats 5 --amp 2>&1 | tee "$OUT/throughput.txt"
 RESUME=""
 if [ -f "$RESUME_FROM/weights.pt" ] && [ -f "$RESUME_FROM/optimizer.pt" ]; then
     python -c "from rim.train import join_checkpoint; join_checkpoint('$RESUME_FROM', '$OUT/run/checkpoint.pt')" \
         && RESUME="--resume"
 fi
-timeout "$SECONDS_TRAIN" python scripts/train_rim.py --device cuda --out "$OUT/run" $RESUME --preset galaxies \
-    --batch "$BATCH" --workers "$WORKERS" --lr 3e-4 --checkpoint-every 100 --val-every 200 --val-lenses 64 \
+timeout "$SECONDS_TRAIN" python scripts/train_rim.py --device "$DEVICE" --out "$OUT/run" $RESUME --preset galaxies \
+    --batch "$BATCH" --workers "$WORKERS" --lr 3e-4 --checkpoint-every "$CHECKPOINT_EVERY" --val-every 200 \
+    --val-lenses "$VAL_LENSES" \
     --log-every 20 2>&1 | tail -n 50 > "$OUT/train.txt"
 ls -la "$OUT/run" >> "$OUT/train.txt" 2>&1
 if [ -f "$OUT/run/checkpoint.pt" ]; then
