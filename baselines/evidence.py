@@ -25,11 +25,10 @@ evidence with the source binned 2x2 (a quarter of the unknowns, about 1/64 of th
 factorisation), scaled by the regularization's ``coarse_offset`` (the median ratio of the two
 optima measured on simulated lenses: within about 0.1 dex). On the dense backend, points far
 from the maximum (a predicted step of 0.25 dex or more, and the first one) are factorised in
-single precision. Close to it, the value at the predicted maximum is evaluated in double
-precision and accepted when the parabola through it and the last point's value and slope peaks
-within ``lam_tol`` of it with a predicted gain in log evidence below 0.1 nats; a
-double-precision point with derivatives is accepted on the same terms. So one single-precision
-and one double-precision factorisation usually suffice. The result is always that of a
+single precision. Close to it, the predicted maximum is evaluated in double precision with its
+derivatives and accepted where its own Newton step is below ``lam_tol`` with a predicted gain in
+log evidence below 0.1 nats. So one single-precision and one double-precision factorisation
+usually suffice. The result is always that of a
 double-precision evaluation. Small problems (up to 1,500 unknowns, where the traces are exact)
 are searched in double precision throughout: a factorisation costs little there, and at high
 S/N single precision cannot resolve ``lam H`` against ``P``.
@@ -37,11 +36,12 @@ S/N single precision cannot resolve ``lam H`` against ``P``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -138,7 +138,7 @@ def search_evidence(neq: NormalEquations, prior: Prior, lam: Optional[float] = N
         # the maximum of a 2x2-binned source's evidence (cheap: a quarter of the unknowns) predicts
         # this one's to about 0.1 dex, so the search starts close and usually needs one or two steps
         try:
-            x0 = math.log(_binned(neq.P, neq.b, prior.regularization, neq.unknowns, neq.source_n).lam)
+            x0 = math.log(_Binned.of(neq.P, neq.b, neq.unknowns, neq.source_n).search(prior.regularization).lam)
         except NotPositiveDefiniteError as exc:  # numerically, at some tiny lam: start from the balance
             log.debug("no start from the binned source (%s)", exc)
     coarse_seconds = time.perf_counter() - t
@@ -179,6 +179,7 @@ _GAIN_TOL = 0.1
 # rounding makes the values jitter by ~0.1 nats at such lam
 _ASYMPTOTE_TOL = 0.5
 _COARSE_FROM = 1500  # unknowns above which the search starts from the 2x2-binned source's optimum
+_COARSER_FROM = 256  # that search starts from the source binned once more where this leaves as many unknowns
 # (the per-form starting offsets, medians over simulated lenses, are the regularizations'
 # balance_offset and coarse_offset: realistic preset, 192^2 images, 48-80 pixel sources)
 
@@ -297,63 +298,89 @@ class BinnedEvidence:
     log_evidence: float = math.nan
 
 
-def binned_evidence(neq: NormalEquations, form: Regularization) -> Optional[BinnedEvidence]:
-    """The maximum of the evidence of ``neq`` with its source binned 2x2 and the regularization
-    ``form`` of the binned grid, with its value; None where the problem has up to ``_COARSE_FROM``
-    unknowns (whose full search costs little) or the binned problem cannot be factorised.
+def binned_evidence(neq: NormalEquations, forms: Sequence[Regularization]) -> Optional[tuple[BinnedEvidence, ...]]:
+    """The maxima of the evidence of ``neq`` with its source binned 2x2, one per regularization in
+    ``forms`` (each with the binned grid's own matrix), with their values; None where the problem
+    has up to ``_COARSE_FROM`` unknowns (whose full search costs little) or a binned problem cannot
+    be factorised.
 
-    The values of different forms compare the forms on the binned source at a sixty-fourth of a
-    full factorisation's work: on 80 validation-galaxy lenses with a RIM prior mean their
-    differences followed the full problems' (docs/performance.md).
+    The values compare the forms on the binned source at a sixty-fourth of a full factorisation's
+    work each: on 80 validation-galaxy lenses with a RIM prior mean their differences followed the
+    full problems' (correlation 0.96-0.998; the same winner on 78; docs/performance.md). The binned
+    normal equations are formed once for all forms.
     """
     if neq.n <= _COARSE_FROM:
         return None
     try:
-        return _binned(neq.P, neq.b, form, neq.unknowns, neq.source_n, value=True)
+        pyramid = _Binned.of(neq.P, neq.b, neq.unknowns, neq.source_n)
+        return tuple(pyramid.search(form, value=True) for form in forms)
     except NotPositiveDefiniteError as exc:
         log.debug("no binned evidence (%s)", exc)
         return None
 
 
-def _binned(P, b: np.ndarray, form: Regularization, idx: np.ndarray, n_src: int,
-            value: bool = False) -> BinnedEvidence:
-    """The evidence-optimal ``lam`` of the same data with the source binned 2x2, times the median
-    ratio of the full-resolution optimum to it on simulated lenses (per form), and with ``value``
-    the binned evidence there (one more double-precision factorisation of the binned problem).
+@dataclass(frozen=True, eq=False)
+class _Binned:
+    """Normal equations ``U^T P U``, ``U^T b`` of a source binned 2x2 (``U``: each fine unknown in its
+    block), the unknowns ``blocks`` (flat pixels of the ``n``-wide binned grid), and the same binned
+    once more (``coarser``) where that still leaves over ``_COARSER_FROM`` unknowns, to start from."""
 
-    ``P`` (dense upper triangle or sparse) and ``b`` are the normal equations of the unknowns
-    ``idx`` (flat pixels of the ``n_src``-wide source grid). Binning the source by ``U`` (each fine
-    unknown in its 2x2 block) gives ``U^T P U`` and ``U^T b``: a quarter of the unknowns, a
-    sixty-fourth of the work per factorisation. The binned problem's own regularization matrix is
-    ``H`` of the coarse grid, so the optimal strengths differ by about the ratio of the pixel areas
-    (a factor 4 down for ``zeroth``, 1 for ``gradient``, 4 up for ``curvature`` in the continuum
-    limit); the measured ratios (192^2 images, 48-80 pixel sources) scatter by 0.05-0.1 dex.
-    The value omits ``d^T C^-1 d`` and the noise normalisation (the same for every form).
-    """
-    nc = (n_src + 1) // 2
-    r, c = np.divmod(idx, n_src)
-    blocks, group = np.unique((r // 2) * nc + c // 2, return_inverse=True)
-    m = blocks.size
-    if isinstance(P, np.ndarray):
-        members = np.argsort(group, kind="stable")
-        starts = np.concatenate(([0], np.cumsum(np.bincount(group, minlength=m))))
-        Pc = coarsen_upper(P, starts, members, group, m)
-    else:
-        U = sp.csr_matrix((np.ones(idx.size), (np.arange(idx.size), group)), shape=(idx.size, m))
-        Pc = (U.T @ (P @ U)).toarray()
-    bc = np.bincount(group, weights=b, minlength=m)
-    Hc = form.matrix(nc)
-    full_grid = m == Hc.shape[0]
-    if not full_grid:
-        Hc = Hc[blocks][:, blocks].tocsr()
-    const = 0.0
-    if value:
-        known = form.log_det(nc) if full_grid else None
-        const = 0.5 * (logdet_spd(Hc) if known is None else known)
-    coarse = _Evidence(Factorization(Pc, Hc, backend="dense"), Hc, bc, None, const, _probes(m))
-    x = _predict_maximum(coarse, math.log(_initial_lam(Pc, Hc, form)))
-    logev = coarse(x, single=False, derivatives=False).log_evidence if value else math.nan
-    return BinnedEvidence(form=form.name, lam=math.exp(x) * 10.0 ** form.coarse_offset, log_evidence=logev)
+    P: np.ndarray
+    b: np.ndarray
+    blocks: np.ndarray
+    n: int
+    coarser: Optional["_Binned"] = None
+
+    @classmethod
+    def of(cls, P, b: np.ndarray, idx: np.ndarray, n_src: int, levels: int = 2) -> "_Binned":
+        """Bin the normal equations of the unknowns ``idx`` of an ``n_src``-wide grid (``P`` dense with
+        its upper triangle filled, or sparse; not modified), ``levels`` times at most."""
+        nc = (n_src + 1) // 2
+        r, c = np.divmod(idx, n_src)
+        blocks, group = np.unique((r // 2) * nc + c // 2, return_inverse=True)
+        m = blocks.size
+        if isinstance(P, np.ndarray):
+            members = np.argsort(group, kind="stable")
+            starts = np.concatenate(([0], np.cumsum(np.bincount(group, minlength=m))))
+            Pc = coarsen_upper(P, starts, members, group, m)
+        else:
+            U = sp.csr_matrix((np.ones(idx.size), (np.arange(idx.size), group)), shape=(idx.size, m))
+            Pc = (U.T @ (P @ U)).toarray()
+        bc = np.bincount(group, weights=b, minlength=m)
+        coarser = cls.of(Pc, bc, blocks, nc, levels - 1) if levels > 1 and m >= 4 * _COARSER_FROM else None
+        return cls(Pc, bc, blocks, nc, coarser)
+
+    def search(self, form: Regularization, value: bool = False) -> BinnedEvidence:
+        """The evidence-optimal ``lam`` of this binned problem for ``form``, times the form's
+        ``coarse_offset`` (the median ratio of the finer problem's optimum to it on simulated lenses),
+        and with ``value`` the binned evidence there (one more, double-precision factorisation).
+        The search starts from the coarser level's result where there is one, else from the balance
+        guess (:func:`_initial_lam`).
+
+        The binned problem's own regularization matrix is ``H`` of the binned grid, so the optimal
+        strengths differ by about the ratio of the pixel areas (a factor 4 down for ``zeroth``, 1 for
+        ``gradient``, 4 up for ``curvature`` in the continuum limit); the measured ratios (192^2
+        images, 48-80 pixel sources) scatter by 0.05-0.1 dex. The value omits ``d^T C^-1 d`` and
+        the noise normalisation (the same for every form).
+        """
+        m = self.blocks.size
+        H = form.matrix(self.n)
+        full_grid = m == H.shape[0]
+        if not full_grid:
+            H = H[self.blocks][:, self.blocks].tocsr()
+        const = 0.0
+        if value:
+            known = form.log_det(self.n) if full_grid else None
+            const = 0.5 * (logdet_spd(H) if known is None else known)
+        x0 = math.log(_initial_lam(self.P, H, form))
+        if self.coarser is not None:
+            with contextlib.suppress(NotPositiveDefiniteError):
+                x0 = math.log(self.coarser.search(form).lam)
+        # the factorisation takes over its matrix: a copy keeps this level's for the next form
+        evidence = _Evidence(Factorization(self.P.copy(), H, backend="dense"), H, self.b, None, const, _probes(m))
+        x = _predict_maximum(evidence, x0)
+        logev = evidence(x, single=False, derivatives=False).log_evidence if value else math.nan
+        return BinnedEvidence(form=form.name, lam=math.exp(x) * 10.0 ** form.coarse_offset, log_evidence=logev)
 
 
 def _predict_maximum(evaluate: _Evidence, x0: float) -> float:
@@ -387,10 +414,9 @@ def _maximise_evidence(evaluate: _Evidence, x0: float, tol: float, start_single:
     below ``tol`` and the predicted gain in log evidence from taking it (``g^2 / 2|g'|``) is below
     ``_GAIN_TOL`` nats. Far from the maximum (a predicted step of 0.25 dex or more) the next point
     is factorised in single precision where ``allow_single`` (the first one where
-    ``start_single``). Close to it (a smaller step), the value at the predicted maximum is
-    evaluated in double precision and accepted when the parabola through it and the last point's
-    value and slope peaks within ``tol`` of it with a gain below ``_GAIN_TOL``; otherwise the
-    search goes on in double precision from that parabola's peak.
+    ``start_single``). Close to it (a smaller step), the predicted maximum is evaluated in double
+    precision with its derivatives (their probes cost about a tenth of the factorisation) and
+    accepted on the terms above, or the search goes on from it in double precision.
 
     Returns how it ended: ``"converged"``, ``"flat"`` (the evidence levels off towards an
     asymptote on a one-sided slope, gaining less than ``_GAIN_TOL`` per step, as for a prior mean
@@ -426,19 +452,11 @@ def _maximise_evidence(evaluate: _Evidence, x0: float, tol: float, start_single:
                 evaluate(x, False, derivatives=False)
             return "bound"
         if abs(step) < _SINGLE_UNTIL:
-            # close: one double-precision evaluation of the value at the predicted maximum; the
-            # parabola through it and this point's value and slope confirms it (or moves on)
-            xd = x + step
-            pd = evaluate(xd, False, derivatives=False)
-            curv = (pd.log_evidence - p.log_evidence - p.g * step) / step**2 if step != 0 else -math.inf
-            if step == 0:
-                return "converged"
-            if curv < 0:
-                peak = p.x - p.g / (2.0 * curv)
-                if abs(peak - xd) < tol and -curv * (peak - xd) ** 2 < _GAIN_TOL:
-                    return "converged"
+            # close: the next point, at the predicted maximum, is evaluated in double precision with
+            # its derivatives and accepted by the test above (a parabola through a single- and a
+            # double-precision value divides their rounding, ~0.01 nats, by the small step squared)
             single = False
-            x = peak if curv < 0 else xd
+            x += step
             continue
         single = allow_single
         x += step

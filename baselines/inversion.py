@@ -263,8 +263,9 @@ def invert_by_evidence(op: Any, image: np.ndarray, sigma: Union[float, np.ndarra
                            unknowns=a["unknowns"], basis=a["basis"], basis_std=a["basis_std"])
     starts = [None] * len(forms)
     if select == "binned" and lam is None:
-        starts = [binned_evidence(neq, f) for f in forms]
-        if all(s is not None for s in starts):
+        binned = binned_evidence(neq, forms)
+        if binned is not None:
+            starts = list(binned)
             best = max(range(len(forms)), key=lambda i: starts[i].log_evidence)
             log.debug("binned evidence of %s: %s; solving with %s", [f.name for f in forms],
                       [round(s.log_evidence, 2) for s in starts], forms[best].name)

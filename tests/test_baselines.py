@@ -358,8 +358,8 @@ def test_search_from_the_binned_source_finds_the_maximum(rng, monkeypatch, backe
     monkeypatch.setattr(inversion, "_COARSE_FROM", 0)
     monkeypatch.setattr(inversion, "_EXACT_TRACE_MAX", 0)
     calls = []
-    real = inversion._binned
-    monkeypatch.setattr(inversion, "_binned", lambda *a: calls.append(1) or real(*a))
+    real = inversion._Binned.of
+    monkeypatch.setattr(inversion._Binned, "of", classmethod(lambda cls, *a: calls.append(1) or real(*a)))
     best = invert(op, d, 0.02, regularization="gradient", backend=backend)
     assert calls == [1] and best.backend == backend
     assert abs(math.log10(best.lam / plain.lam)) < 2 * 0.04
@@ -381,9 +381,47 @@ def test_failed_binned_start_falls_back_to_the_balance_guess(rng, monkeypatch):
         raise solvers.NotPositiveDefiniteError("not positive definite (test)")
 
     monkeypatch.setattr(inversion, "_COARSE_FROM", 0)
-    monkeypatch.setattr(inversion, "_binned", fail)
+    monkeypatch.setattr(inversion._Binned, "of", classmethod(fail))
     res = invert(op, d, 0.02, regularization="curvature")
     assert res.lam == pytest.approx(plain.lam) and res.log_evidence == pytest.approx(plain.log_evidence)
+
+
+def _large_problem():
+    """1,600 unknowns (above the binning threshold; dense backend), a two-blob source, sigma 0.02."""
+    img, src = ImageGrid(72, 0.05), SourceGrid(40, 0.9)
+    op = lensinv.operator(LENS, img, src, psf=lensinv.gaussian_psf(0.1, img.pixel_scale), supersample=2)
+    x, y = src.coordinates()
+    s = np.exp(-0.5 * ((x - 0.03) ** 2 + (y + 0.02) ** 2) / 0.12**2) + 0.5 * np.exp(
+        -0.5 * ((x + 0.1) ** 2 + (y - 0.1) ** 2) / 0.05**2)
+    return op, s, op.apply(s) + np.random.default_rng(0).normal(0, 0.02, img.shape)
+
+
+def test_search_close_to_the_maximum_does_not_trust_single_precision_values(monkeypatch):
+    """Close to the maximum the search takes one double-precision point with its derivatives: its
+    result does not depend on the single-precision values, which are rounded (here perturbed by
+    +-0.3 nats; a parabola through one and a double-precision value moved the search before)."""
+    import dataclasses
+
+    import baselines.evidence as ev
+
+    op, s, d = _large_problem()
+    plain = invert(op, d, 0.02, prior_mean=0.9 * s)
+    assert plain.single_precision_evaluations == 1 and plain.evaluations == 2
+    jitter = np.random.default_rng(3)
+    call = ev._Evidence.__call__
+
+    def rounded(self, x, single, derivatives=True):
+        p = call(self, x, single, derivatives)
+        if not single:
+            return p
+        self.curve[-1] = dataclasses.replace(self.curve[-1], log_evidence=self.curve[-1].log_evidence
+                                             + jitter.choice([-0.3, 0.3]))
+        return dataclasses.replace(p, log_evidence=self.curve[-1].log_evidence)
+
+    monkeypatch.setattr(ev._Evidence, "__call__", rounded)
+    for _ in range(4):
+        got = invert(op, d, 0.02, prior_mean=0.9 * s)
+        assert got.evaluations == 2 and got.lam == plain.lam and got.log_evidence == plain.log_evidence
 
 
 def test_binned_form_selection_follows_the_full_evidence(monkeypatch):
@@ -395,19 +433,14 @@ def test_binned_form_selection_follows_the_full_evidence(monkeypatch):
     from baselines.normal_equations import normal_equations
     from baselines.regularization import get_regularization
 
-    img, src = ImageGrid(72, 0.05), SourceGrid(40, 0.9)
-    op = lensinv.operator(LENS, img, src, psf=lensinv.gaussian_psf(0.1, img.pixel_scale), supersample=2)
-    x, y = src.coordinates()
-    s = np.exp(-0.5 * ((x - 0.03) ** 2 + (y + 0.02) ** 2) / 0.12**2) + 0.5 * np.exp(
-        -0.5 * ((x + 0.1) ** 2 + (y - 0.1) ** 2) / 0.05**2)
-    d = op.apply(s) + np.random.default_rng(0).normal(0, 0.02, img.shape)
+    op, s, d = _large_problem()
     solved = []
     real = inversion._solve
     monkeypatch.setattr(inversion, "_solve", lambda neq, form, *a, **k: solved.append(form.name) or real(neq, form, *a, **k))
     for prior_mean in (None, 0.9 * s):
         neq = normal_equations(op, d, 0.02, prior_mean=prior_mean)
         assert neq.n == 1600
-        binned = [binned_evidence(neq, get_regularization(f)) for f in ("gradient", "curvature")]
+        binned = binned_evidence(neq, [get_regularization(f) for f in ("gradient", "curvature")])
         solved.clear()
         full = baselines.invert_by_evidence(op, d, 0.02, prior_mean=prior_mean)
         assert solved == ["gradient", "curvature"]
