@@ -284,11 +284,13 @@ def validate(model: RIM, batches: list[dict], device, normalize: bool = True) ->
 
 
 def train(config: TrainConfig, out: Path, device: str = "cpu", resume: bool = False,
-          progress: Optional[Callable[[int, float], None]] = None) -> list[float]:
+          progress: Optional[Callable[[int, float], None]] = None,
+          stop: Optional[Callable[[], bool]] = None) -> list[float]:
     """Train (or resume training) a RIM; returns this run's training losses per step.
 
-    Writes ``out/checkpoint.pt`` (every ``checkpoint_every`` steps and at the
-    end), ``out/log.csv`` and, where the ``tensorboard`` package is installed,
+    Writes ``out/checkpoint.pt`` (every ``checkpoint_every`` steps, at the end, and where
+    ``stop()``, asked after every step, returns True: the run then ends there, e.g. on a signal,
+    and ``resume`` continues from that step), ``out/log.csv`` and, where the ``tensorboard`` package is installed,
     TensorBoard events under ``out/tb``. With ``resume``, continues from
     ``out/checkpoint.pt`` exactly where it stopped (same data, same state);
     a checkpoint made with another model or data configuration is refused.
@@ -470,8 +472,16 @@ def train(config: TrainConfig, out: Path, device: str = "cpu", resume: bool = Fa
                     writer.add_scalar("train/lenses_per_s", rate, step)
                     if not math.isnan(val):
                         writer.add_scalar("val/rmse", val, step)
-            if rank == 0 and (step % config.checkpoint_every == 0 or step == config.steps):
+            stopping = stop is not None and stop()
+            if stop is not None and world > 1:  # every process stops at the same step
+                flag = torch.tensor([float(stopping)], device=dev)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                stopping = bool(flag.item())
+            if rank == 0 and (step % config.checkpoint_every == 0 or step == config.steps or stopping):
                 save_checkpoint(ckpt_path, model, optimizer, scheduler, step, config, changes)
+            if stopping:
+                log.info("stopped at step %d (checkpointed): continue with resume", step)
+                break
     finally:
         if csv_file:
             csv_file.close()

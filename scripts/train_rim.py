@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -114,7 +115,11 @@ def main(argv: list[str] | None = None) -> int:
             elif step % config.log_every == 0:
                 print(f"step {step}/{config.steps} loss {loss:.4g}", flush=True)
 
-        train(config, args.out, device=args.device, resume=args.resume, progress=progress)
+        stop = _stop_on_signals()
+        train(config, args.out, device=args.device, resume=args.resume, progress=progress, stop=stop)
+        if stop():
+            print(f"stopped by {stop.signal_name} after a checkpoint: continue with --resume", file=sys.stderr)
+            return 130
         if bar is not None:
             bar.close()
     except ValueError as exc:
@@ -124,6 +129,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: training diverged: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _stop_on_signals():
+    """A ``stop()`` for ``rim.train.train`` that turns True on the first SIGTERM or SIGINT (e.g. from
+    ``timeout`` or Ctrl-C: the run finishes its step, checkpoints it and ends); a second signal
+    interrupts at once. Its ``signal_name`` attribute names the signal."""
+    def stop() -> bool:
+        return stop.signal_name is not None
+
+    def handler(signum, frame):
+        if stop.signal_name is not None:  # a second signal: do not wait for the step
+            signal.signal(signum, signal.SIG_DFL)
+            raise KeyboardInterrupt
+        stop.signal_name = signal.Signals(signum).name
+
+    stop.signal_name = None
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, handler)
+    return stop
 
 
 if __name__ == "__main__":

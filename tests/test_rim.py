@@ -150,6 +150,28 @@ def test_kill_and_resume_reproduce_the_loss_sequence(tmp_path):
     assert r.returncode == 2 and "another configuration" in r.stderr
 
 
+def test_sigterm_checkpoints_the_step_it_finishes(tmp_path):
+    """SIGTERM (``timeout``, a batch system) lets the run finish its step, checkpoint it (here between
+    the --checkpoint-every steps) and exit 130; --resume then gives the uninterrupted run's losses."""
+    args = ["--checkpoint-every", "100"]
+    ref = tmp_path / "ref"
+    assert subprocess.run(_tiny_args(ref, 8, args), capture_output=True).returncode == 0
+    run = tmp_path / "run"
+    proc = subprocess.Popen(_tiny_args(run, 8, args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not ((run / "log.csv").exists() and len(_losses(run)) >= 2):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130 and "--resume" in err
+    stopped = load_checkpoint(run / "checkpoint.pt")["step"]
+    assert 2 <= stopped < 8, "the run finished before the signal"
+    assert len(_losses(run)) == stopped
+    r = subprocess.run(_tiny_args(run, 8, [*args, "--resume"]), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_array_equal(_losses(run), _losses(ref))
+
+
 def test_two_process_ddp_smoke(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
