@@ -745,7 +745,7 @@ def _light_solve(prob: _Problem, B: np.ndarray, rows: np.ndarray) -> tuple[np.nd
     e = np.maximum(e, e.max() * 1e-14)
     R = np.sqrt(e)[:, None] * U.T  # K = R^T R
     sol = scipy.optimize.lsq_linear(R, (U.T @ rhs) / np.sqrt(e), bounds=(lo, np.full(m, np.inf)), method="bvls")
-    a = sol.x / scale
+    a = np.maximum(sol.x, lo) / scale  # BVLS may end a bound's width of rounding outside it (-4e-18 seen)
     r = dw - Bw @ a
     return a, float(r @ r)
 
