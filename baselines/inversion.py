@@ -261,15 +261,14 @@ def invert_by_evidence(op: Any, image: np.ndarray, sigma: Union[float, np.ndarra
     lam, lam_tol = _check_lam(a["lam"]), _check_lam_tol(a["lam_tol"])
     neq = normal_equations(op, image, sigma, a["mask"], prior_mean=a["prior_mean"], backend=a["backend"],
                            unknowns=a["unknowns"], basis=a["basis"], basis_std=a["basis_std"])
-    starts = [None] * len(forms)
-    if select == "binned" and lam is None:
-        binned = binned_evidence(neq, forms)
-        if binned is not None:
-            starts = list(binned)
-            best = max(range(len(forms)), key=lambda i: starts[i].log_evidence)
-            log.debug("binned evidence of %s: %s; solving with %s", [f.name for f in forms],
-                      [round(s.log_evidence, 2) for s in starts], forms[best].name)
-            return _solve(neq, forms[best], lam, lam_tol, a["return_std"], False, t0, start=starts[best])
+    # the binned searches (each large search's start) on normal equations binned once for all forms
+    binned = binned_evidence(neq, forms) if lam is None else None
+    starts = [None] * len(forms) if binned is None else list(binned)
+    if select == "binned" and binned is not None:
+        best = max(range(len(forms)), key=lambda i: starts[i].log_evidence)
+        log.debug("binned evidence of %s: %s; solving with %s", [f.name for f in forms],
+                  [round(s.log_evidence, 2) for s in starts], forms[best].name)
+        return _solve(neq, forms[best], lam, lam_tol, a["return_std"], False, t0, start=starts[best])
     results = [_solve(dataclasses.replace(neq, P=neq.P.copy()) if i < len(forms) - 1 else neq, f, lam, lam_tol,
                       a["return_std"], False, t0, start=starts[i]) for i, f in enumerate(forms)]
     return max(results, key=lambda r: r.log_evidence)

@@ -27,7 +27,7 @@ import torch  # noqa: E402
 import baselines  # noqa: E402
 import rim  # noqa: E402
 from lensinv.cli import int_at_least, positive_float  # noqa: E402
-from rim.model import robust_scale  # noqa: E402
+from rim.model import data_scale  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ def finetune(model: rim.RIM, op, image: np.ndarray, sigma: float, lr: float, ste
     :class:`lensinv.LensOperator`, ``sigma`` a scalar."""
     c = model.config
     t0 = time.perf_counter()
-    k = float(robust_scale(torch.as_tensor(image)[None])[0]) / model.DATA_SCALE
+    k = float(data_scale(torch.as_tensor(image)[None])[0])  # RIM.reconstruct's normalisation
     bop = rim.BatchedOperator.from_scipy([op.L], c.image_n, c.source_n, psfs=[op.psf])
     x = torch.as_tensor(image / k, dtype=torch.float32)[None]
     sig = sigma / k

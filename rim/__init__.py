@@ -20,8 +20,8 @@ WEIGHTS = Path(__file__).resolve().parent / "weights" / "rim_realistic.pt"
 #: weights trained on interferometric data (the alma preset; see their model card)
 ALMA_WEIGHTS = WEIGHTS.with_name("rim_alma.pt")
 
-__all__ = ["DEFAULT_TRANSFORMS", "RIM", "RIMConfig", "TRANSFORM_COUNTS", "BatchedOperator", "BatchedVisibilityOperator", "load_pretrained", "resolve_device",
-           "WEIGHTS", "ALMA_WEIGHTS"]
+__all__ = ["DEFAULT_TRANSFORMS", "RIM", "RIMConfig", "TRANSFORM_COUNTS", "BatchedOperator", "BatchedVisibilityOperator",
+           "load_pretrained", "resolve_device", "WEIGHTS", "ALMA_WEIGHTS"]
 
 _DEVICE_TYPES = ("cpu", "cuda", "mps")
 

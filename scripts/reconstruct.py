@@ -67,7 +67,7 @@ import numpy as np  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
 import lensinv  # noqa: E402
-from baselines import FORMS  # noqa: E402
+from baselines import FORMS, SELECTIONS  # noqa: E402
 from baselines.lens_fit import PROFILES, FitConfig  # noqa: E402
 from lensinv.cli import int_at_least, positive_float, shard_spec  # noqa: E402
 from lensinv.io import (atomic_write, is_hdf5, read_fits_image, read_lenstronomy_image,  # noqa: E402
@@ -356,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--method", choices=["rim", "warren-dye", "rim+wd"], default="rim",
                     help="rim+wd: the RIM estimate as the prior mean of an evidence-optimised Warren-Dye inversion "
                          "(gradient or curvature, whichever has the higher evidence; see --rim-wd-select)")
-    ap.add_argument("--rim-wd-select", choices=["binned", "full"], default="binned",
+    ap.add_argument("--rim-wd-select", choices=list(SELECTIONS), default="binned",
                     help="rim+wd's choice of form: by the evidence of the 2x2-binned source, solving the winner alone "
                          "(binned, the default: half the time) or of both forms' full inversions (full); sources of "
                          "up to 1,500 pixels are always compared in full")
