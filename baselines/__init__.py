@@ -17,7 +17,7 @@ maximising the same evidence over the lens parameters (:mod:`baselines.lens_fit`
 from .evidence import EvidenceSearch, Prior, restricted_prior, search_evidence
 from .inversion import SELECTIONS, InversionResult, invert, invert_by_evidence
 from .lens_fit import FitConfig, FitProgress, LensFit, MGELight, annular_mask, bad_pixel_mask, fit_lens
-from .masks import arc_mask
+from .masks import arc_mask, region_mask, sky_offsets
 from .normal_equations import NormalEquations, normal_equations
 from .regularization import FORMS, Curvature, Gradient, Regularization, Zeroth, regularization_matrix
 from .solvers import NotPositiveDefiniteError, have_cholmod
@@ -27,4 +27,5 @@ __all__ = ["Curvature", "EvidenceSearch", "FORMS", "FitConfig", "FitProgress", "
            "LensFit", "MGELight", "NormalEquations", "NotPositiveDefiniteError", "Prior", "Regularization", "SELECTIONS",
            "Zeroth",
            "annular_mask", "arc_mask", "bad_pixel_mask", "fit_lens", "have_cholmod", "invert", "invert_by_evidence",
-           "normal_equations", "regularization_matrix", "restricted_prior", "search_evidence", "warren_dye_setup"]
+           "normal_equations", "region_mask", "regularization_matrix", "restricted_prior", "search_evidence", "sky_offsets",
+           "warren_dye_setup"]

@@ -81,3 +81,59 @@ def arc_mask(image: np.ndarray, sigma: Union[float, np.ndarray], nsigma: float =
     if grow > 0:
         mask = ndimage.binary_dilation(mask, structure=np.ones((2 * grow + 1, 2 * grow + 1), bool))
     return mask
+
+
+def sky_offsets(shape: tuple[int, int], pixel_scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel-centre offsets ``(x, y)`` (arcsec) from the image's centre, each of ``shape``.
+
+    ``x`` grows along columns (axis 1), ``y`` along rows (axis 0), as for :class:`lensinv.ImageGrid`
+    (whose centre is the image's centre, also for an even side); ``shape`` may be non-square.
+    """
+    if len(shape) != 2 or min(shape) < 1:
+        raise ValueError(f"shape must be two positive pixel counts, got {shape!r}")
+    d = positive_float("pixel_scale", pixel_scale)
+    ny, nx = (int(s) for s in shape)
+    x = (np.arange(nx) - (nx - 1) / 2.0) * d
+    y = (np.arange(ny) - (ny - 1) / 2.0) * d
+    return np.meshgrid(x, y, indexing="xy")
+
+
+def region_mask(shape: tuple[int, int], pixel_scale: float, *, circles: tuple = (),
+                annulus: Union[tuple, None] = None) -> np.ndarray:
+    """Pixels to use (True) after masking discs (interlopers) and keeping an annulus.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        ``(ny, nx)`` of the image.
+    pixel_scale : float
+        Arcsec per pixel (> 0).
+    circles : sequence of (x, y, r)
+        Discs to mask: centre (arcsec from the image's centre, ``x`` along columns, ``y`` along
+        rows) and radius (arcsec, > 0). A pixel is masked where its centre lies within ``r``.
+    annulus : (r_in, r_out), optional
+        Keep only pixels whose centre lies at ``r_in <= r < r_out`` arcsec from the image's centre
+        (``0 <= r_in < r_out``).
+
+    Returns
+    -------
+    ndarray of bool
+        ``shape``; True where the pixel is used.
+    """
+    x, y = sky_offsets(shape, pixel_scale)
+    use = np.ones(x.shape, dtype=bool)
+    for k, c in enumerate(circles):
+        if len(c) != 3:
+            raise ValueError(f"circles[{k}] must be (x, y, r) in arcsec, got {c!r}")
+        cx, cy = finite_float(f"circles[{k}] x", c[0]), finite_float(f"circles[{k}] y", c[1])
+        r = positive_float(f"circles[{k}] r", c[2])
+        use &= np.hypot(x - cx, y - cy) > r
+    if annulus is not None:
+        if len(annulus) != 2:
+            raise ValueError(f"annulus must be (r_in, r_out) in arcsec, got {annulus!r}")
+        r_in, r_out = finite_float("annulus r_in", annulus[0]), finite_float("annulus r_out", annulus[1])
+        if not 0 <= r_in < r_out:
+            raise ValueError(f"annulus must satisfy 0 <= r_in < r_out (arcsec), got {annulus!r}")
+        r = np.hypot(x, y)
+        use &= (r >= r_in) & (r < r_out)
+    return use

@@ -22,8 +22,9 @@ Without --lens the lens is fitted (``baselines.fit_lens``: evidence maximisation
 progress bar on stderr) on the largest centred square cut-out at the native scale, with --profile
 SIE|EPL and, with --lens-light, the lens galaxy's light modelled jointly (a multi-Gaussian
 expansion); rim and rim+wd then run the RIM with the fitted lens. Noise values that are
-non-finite or >= 1e6 times the median, non-finite data, and non-zero pixels of --mask are
-masked: never fitted (also with --lens).
+non-finite or >= 1e6 times the median, non-finite data, non-zero pixels of --mask, discs of
+--mask-circle X,Y,R (interlopers; arcsec from the image's centre, repeatable) and pixels outside
+--mask-annulus R_IN,R_OUT are masked: never fitted (also with --lens).
 
 Survey batches: --images LIST names folders holding image.fits, noise_map.fits (and psf.fits);
 --shard i/k reconstructs those at list positions j % k == i into OUT/<folder name>, skipping
@@ -258,6 +259,33 @@ def read_image_list(path: Path) -> list[Path]:
     return folders
 
 
+def _floats(text: str, count: int, flag: str) -> tuple[float, ...]:
+    parts = text.split(",")
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) != count or not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"{flag} needs {count} finite numbers separated by commas, got {text!r}")
+    return values
+
+
+def mask_circle(text: str) -> tuple[float, float, float]:
+    """``--mask-circle X,Y,R`` (arcsec; R > 0)."""
+    x, y, r = _floats(text, 3, "--mask-circle")
+    if r <= 0:
+        raise argparse.ArgumentTypeError(f"--mask-circle radius must be > 0 arcsec, got {r!r}")
+    return x, y, r
+
+
+def mask_annulus(text: str) -> tuple[float, float]:
+    """``--mask-annulus R_IN,R_OUT`` (arcsec; 0 <= R_IN < R_OUT)."""
+    r_in, r_out = _floats(text, 2, "--mask-annulus")
+    if not 0 <= r_in < r_out:
+        raise argparse.ArgumentTypeError(f"--mask-annulus needs 0 <= R_IN < R_OUT (arcsec), got {text!r}")
+    return r_in, r_out
+
+
 def read_mask(spec: Path, shape: tuple[int, int]) -> np.ndarray:
     """The ``--mask`` file as pixels to use (True): non-zero (or non-finite) values mark masked pixels.
 
@@ -342,6 +370,11 @@ def main(argv: list[str] | None = None) -> int:
                      "lenstronomy-style HDF5 (.h5/.hdf5, kernel_point_source)")
     psf.add_argument("--psf-fwhm", type=positive_float, help="Gaussian PSF FWHM in arcsec (> 0)")
     ap.add_argument("--mask", type=Path, default=None, help="FITS of the image's shape: non-zero = masked")
+    ap.add_argument("--mask-circle", type=mask_circle, action="append", default=None, metavar="X,Y,R",
+                    help="mask a disc (an interloper): centre x,y and radius r in arcsec, x along columns and y along "
+                         "rows from the image's centre (as --lens's centre); repeatable")
+    ap.add_argument("--mask-annulus", type=mask_annulus, default=None, metavar="R_IN,R_OUT",
+                    help="fit only pixels at R_IN <= r < R_OUT arcsec from the image's centre")
     ap.add_argument("--psf-size", type=odd_int_at_least_3, default=None,
                     help="use the central N x N of the --psf kernel, renormalised (odd N >= 3; the wings lost are "
                          "its flux outside N x N). Rarely worth it: big kernels take the FFT route of the normal "
@@ -501,6 +534,9 @@ def run(args) -> int:
     n_bad = int((~use).sum())
     if args.mask is not None:
         use &= read_mask(args.mask, image.shape)
+    if args.mask_circle or args.mask_annulus is not None:
+        use &= baselines.region_mask(image.shape, scale, circles=tuple(args.mask_circle or ()),
+                                     annulus=args.mask_annulus)
     if args.crop is not None:
         image, sigma, use = (crop_centred(a, args.crop, scale) for a in (image, sigma, use))
     if not use.any():
@@ -790,7 +826,8 @@ def save_figure(path: Path, panels: list) -> None:
 
 # -- interferometric data ------------------------------------------------------------------------
 #: flags of imaging data that --visibilities does not take
-IMAGING_ONLY = ("noise", "sigma", "psf", "psf_fwhm", "mask", "psf_size", "crop", "profile", "lens_light", "shard")
+IMAGING_ONLY = ("noise", "sigma", "psf", "psf_fwhm", "mask", "mask_circle", "mask_annulus", "psf_size", "crop", "profile",
+                "lens_light", "shard")
 
 
 def main_visibilities(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:

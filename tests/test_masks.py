@@ -1,9 +1,12 @@
-"""baselines.arc_mask: what it keeps, and its argument checks."""
+"""baselines.arc_mask and region_mask: what they keep, and their argument checks."""
+
+import re
 
 import numpy as np
 import pytest
 
 import baselines
+import lensinv
 
 
 @pytest.fixture
@@ -53,3 +56,47 @@ def test_non_finite_image(arc, bad):
 def test_bad_images_are_named(image):
     with pytest.raises(ValueError, match="image"):
         baselines.arc_mask(image, 1.0)
+
+
+# -- region_mask / sky_offsets: discs (interlopers) and an annulus in arcsec -----------------------
+
+
+def test_sky_offsets_match_the_image_grid():
+    x, y = baselines.sky_offsets((9, 9), 0.05)
+    gx, gy = lensinv.ImageGrid(9, 0.05).coordinates()
+    np.testing.assert_allclose(x, gx)
+    np.testing.assert_allclose(y, gy)
+    x, y = baselines.sky_offsets((4, 6), 1.0)  # non-square, even sides: the centre between pixels
+    np.testing.assert_allclose(x[0], [-2.5, -1.5, -0.5, 0.5, 1.5, 2.5])
+    np.testing.assert_allclose(y[:, 0], [-1.5, -0.5, 0.5, 1.5])
+
+
+def test_region_mask_masks_discs_and_keeps_an_annulus():
+    shape, d = (41, 51), 0.1
+    x, y = baselines.sky_offsets(shape, d)
+    use = baselines.region_mask(shape, d, circles=[(1.0, -0.5, 0.35), (-2.0, 1.5, 0.25)])
+    inside = (np.hypot(x - 1.0, y + 0.5) <= 0.35) | (np.hypot(x + 2.0, y - 1.5) <= 0.25)
+    np.testing.assert_array_equal(use, ~inside)
+    # the disc about (1.0, -0.5): column 35 (x = 1.0), row 15 (y = -0.5) is masked, 4 pixels away is not
+    assert not use[15, 35] and use[15, 39] and use[19, 35]
+    ring = baselines.region_mask(shape, d, annulus=(0.5, 1.5))
+    r = np.hypot(x, y)
+    np.testing.assert_array_equal(ring, (r >= 0.5) & (r < 1.5))
+    both = baselines.region_mask(shape, d, circles=[(1.0, -0.5, 0.35)], annulus=(0.5, 1.5))
+    np.testing.assert_array_equal(both, ring & (np.hypot(x - 1.0, y + 0.5) > 0.35))
+    assert baselines.region_mask(shape, d).all()
+
+
+@pytest.mark.parametrize("kwargs, word", [
+    (dict(circles=[(0.0, 0.0)]), "circles[0]"),
+    (dict(circles=[(0.0, 0.0, 0.0)]), "circles[0] r"),
+    (dict(circles=[(0.0, float("nan"), 1.0)]), "circles[0] y"),
+    (dict(annulus=(1.0, 0.5)), "annulus"),
+    (dict(annulus=(-0.1, 0.5)), "annulus"),
+    (dict(annulus=(0.1,)), "annulus"),
+])
+def test_region_mask_names_bad_arguments(kwargs, word):
+    with pytest.raises(ValueError, match=re.escape(word)):
+        baselines.region_mask((8, 8), 0.1, **kwargs)
+    with pytest.raises(ValueError, match="pixel_scale"):
+        baselines.region_mask((8, 8), 0.0)

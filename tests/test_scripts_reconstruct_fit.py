@@ -179,6 +179,49 @@ def test_mask_file_with_a_given_lens_and_lens_light(rec, tmp_path):
     assert (out / "fit.png").exists()
 
 
+def test_mask_circle_masks_an_interloper_and_annulus_keeps_a_ring(rec, tmp_path):
+    """--mask-circle X,Y,R masks the pixels within R arcsec of (X, Y) (as --lens's centre), --mask-annulus keeps
+    R_IN <= r < R_OUT about the image's centre: with a given lens the fitted pixels are the arcs' (arc_mask of
+    the data left) among those, and the garbage under the disc is not fitted."""
+    image, sigma = _simulate(2)
+    image[20:28, 40:46] += 100 * sigma  # x 0.825..1.075, y -0.175..0.175 arcsec
+    x, y = IG.coordinates()
+    disc = np.hypot(x - 0.95, y) <= 0.25
+    assert disc[20:28, 40:46].all()
+    out = tmp_path / "c"
+    assert rec.main(_files(tmp_path, image, np.full(image.shape, sigma))
+                    + ["--lens", LENS, "--mask-circle", "0.95,0,0.25", "--method", "warren-dye", "--source-n", "24",
+                       "--out", str(out)]) == 0
+    import baselines
+
+    def arcs(use):
+        return baselines.arc_mask(np.where(use, image, 0.0), sigma) & use
+
+    r = _load(out)
+    assert arcs(~np.zeros_like(disc))[disc].any()  # unmasked, the interloper would be fitted
+    assert r["n_pixels"] == int(arcs(~disc).sum())
+    assert 0.5 < r["chi2_per_pixel"] < 1.5  # the interloper fitted as data would give chi2/N ~ 200
+    out = tmp_path / "a"
+    assert rec.main(_files(tmp_path, image, np.full(image.shape, sigma))
+                    + ["--lens", LENS, "--mask-annulus", "0.4,1.1", "--mask-circle", "0.95,0,0.25", "--method",
+                       "warren-dye", "--source-n", "24", "--out", str(out)]) == 0
+    rr = np.hypot(x, y)
+    kept = (rr >= 0.4) & (rr < 1.1) & ~disc
+    assert _load(out)["n_pixels"] == int(arcs(kept).sum()) < int(arcs(~disc).sum())
+
+
+@pytest.mark.parametrize("flag, value, word", [
+    ("--mask-circle", "1,2", "3 finite numbers"), ("--mask-circle", "0,0,-0.1", "radius"),
+    ("--mask-circle", "0,x,1", "finite numbers"), ("--mask-annulus", "1,0.5", "R_IN < R_OUT"),
+    ("--mask-annulus", "nan,1", "finite numbers")])
+def test_bad_mask_regions_are_refused_naming_the_flag(rec, sim, tmp_path, capsys, monkeypatch, flag, value, word):
+    image, sigma = sim
+    monkeypatch.setattr(rec, "run", lambda args: pytest.fail("work started"))
+    msg = _refused(rec, _files(tmp_path, image, np.full(image.shape, sigma))
+                   + [flag, value, "--method", "warren-dye", "--out", str(tmp_path / "r")], capsys, flag)
+    assert word in msg
+
+
 def test_no_overwrite_without_the_flag(rec, sim, tmp_path, capsys, monkeypatch):
     image, sigma = sim
     out = tmp_path / "r"
