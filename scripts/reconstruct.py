@@ -57,6 +57,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -270,6 +271,25 @@ def _floats(text: str, count: int, flag: str) -> tuple[float, ...]:
     return values
 
 
+#: flags whose values may start with a minus sign (a centre left of or below the image's centre)
+SIGNED_FLAGS = ("--mask-circle",)
+
+
+def _joined_negative_values(argv: list[str]) -> list[str]:
+    """``--mask-circle -2.2,1.9,0.3`` as ``--mask-circle=-2.2,1.9,0.3``: argparse takes a value that starts with
+    ``-`` and is not a plain number for a flag."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] in SIGNED_FLAGS and i + 1 < len(argv) and re.match(r"-[\d.]", argv[i + 1]):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
 def mask_circle(text: str) -> tuple[float, float, float]:
     """``--mask-circle X,Y,R`` (arcsec; R > 0)."""
     x, y, r = _floats(text, 3, "--mask-circle")
@@ -408,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="arcsec (default 1.5, or for warren-dye without --lens, the fit's)")
     ap.add_argument("--out", type=Path, required=True, help="result folder (created)")
     ap.add_argument("--overwrite", action="store_true", help="replace an earlier result in --out")
-    args = ap.parse_args(argv)
+    args = ap.parse_args(_joined_negative_values(sys.argv[1:] if argv is None else list(argv)))
     if sum(a is not None for a in (args.image, args.images, args.visibilities)) != 1:
         ap.error("one of the arguments --image --images --visibilities is required (only one)")
     if args.visibilities is not None:

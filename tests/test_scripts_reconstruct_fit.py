@@ -185,25 +185,28 @@ def test_mask_circle_masks_an_interloper_and_annulus_keeps_a_ring(rec, tmp_path)
     the data left) among those, and the garbage under the disc is not fitted."""
     image, sigma = _simulate(2)
     image[20:28, 40:46] += 100 * sigma  # x 0.825..1.075, y -0.175..0.175 arcsec
+    image[2:6, 2:6] += 100 * sigma  # x -1.075..-0.925, y -1.075..-0.925: a second one, left of and below the centre
     x, y = IG.coordinates()
-    disc = np.hypot(x - 0.95, y) <= 0.25
+    disc = (np.hypot(x - 0.95, y) <= 0.25) | (np.hypot(x + 1.0, y + 1.0) <= 0.15)
     assert disc[20:28, 40:46].all()
     out = tmp_path / "c"
     assert rec.main(_files(tmp_path, image, np.full(image.shape, sigma))
-                    + ["--lens", LENS, "--mask-circle", "0.95,0,0.25", "--method", "warren-dye", "--source-n", "24",
-                       "--out", str(out)]) == 0
+                    + ["--lens", LENS, "--mask-circle", "0.95,0,0.25", "--mask-circle", "-1,-1,0.15", "--method",
+                       "warren-dye", "--source-n", "24", "--out", str(out)]) == 0
     import baselines
 
     def arcs(use):
         return baselines.arc_mask(np.where(use, image, 0.0), sigma) & use
 
     r = _load(out)
-    assert arcs(~np.zeros_like(disc))[disc].any()  # unmasked, the interloper would be fitted
+    assert arcs(~np.zeros_like(disc))[disc].any()  # unmasked, the interlopers would be fitted
+    assert disc[2:6, 2:6].all()
     assert r["n_pixels"] == int(arcs(~disc).sum())
     assert 0.5 < r["chi2_per_pixel"] < 1.5  # the interloper fitted as data would give chi2/N ~ 200
     out = tmp_path / "a"
     assert rec.main(_files(tmp_path, image, np.full(image.shape, sigma))
-                    + ["--lens", LENS, "--mask-annulus", "0.4,1.1", "--mask-circle", "0.95,0,0.25", "--method",
+                    + ["--lens", LENS, "--mask-annulus", "0.4,1.1", "--mask-circle", "0.95,0,0.25",
+                       "--mask-circle=-1,-1,0.15", "--method",
                        "warren-dye", "--source-n", "24", "--out", str(out)]) == 0
     rr = np.hypot(x, y)
     kept = (rr >= 0.4) & (rr < 1.1) & ~disc
