@@ -247,3 +247,31 @@ def _lt_times_boxes(out, lc_ptr, lc_row, lc_val, ns, unknown, row_of, wr0, wr1, 
                         row[ub] = buf[b]
                     buf[b] = 0.0
     return out
+
+
+@nb.njit(parallel=True, cache=True)
+def blurred_columns(n, kernel, lc_ptr, lc_row, lc_val, cols):
+    """``(F L)^T`` for the source columns ``cols``: ``out[j, p] = sum_r L[r, cols[j]] kernel[p - r + c]`` over
+    the ``n x n`` image pixels ``p`` (``c``: the kernel's centre; F is the 'same' convolution with
+    ``kernel``), from L in CSC form (``lc_*``). Each source column is scattered into its own output row,
+    so the columns run in parallel without conflicts; the kernel's rows are clipped to the image once,
+    so the inner loop is a contiguous, branch-free update."""
+    m = cols.size
+    K = kernel.shape[0]
+    c = (K - 1) // 2
+    out = np.zeros((m, n * n))
+    for jj in nb.prange(m):
+        j = cols[jj]
+        row = out[jj]
+        for t in range(lc_ptr[j], lc_ptr[j + 1]):
+            r = lc_row[t]
+            v = lc_val[t]
+            ri = r // n
+            rj = r - ri * n
+            a0, a1 = max(0, c - ri), min(K, n + c - ri)
+            b0, b1 = max(0, c - rj), min(K, n + c - rj)
+            for a in range(a0, a1):
+                base = (ri + a - c) * n + rj - c
+                for b in range(b0, b1):
+                    row[base + b] += v * kernel[a, b]
+    return out
