@@ -132,9 +132,10 @@ def gemm_psf_normal_matrix(L: sp.csr_matrix, psf: np.ndarray, image_n: int, weig
                            unknowns: Optional[np.ndarray] = None) -> np.ndarray:
     """``(F L)^T diag(w) (F L)`` as ``G^T G`` with ``G = diag(w)^1/2 F L`` formed explicitly.
 
-    ``G`` has a row per pixel of non-zero weight and a column per unknown; its columns are the
-    blurred images of the source pixels (each entry of L scatters the kernel), and the product is
-    one BLAS ``syrk``. Memory: ``8 n_w m`` bytes (28,000 weighted pixels, 1,024 source pixels: 230 MB).
+    ``G`` has a row per pixel of non-zero weight within the kernel's box of some entry of L (the other
+    rows are zero) and a column per unknown; its columns are the blurred images of the source pixels
+    (each entry of L scatters the kernel), and the product is one BLAS ``syrk``. Memory: ``8 n^2 m``
+    bytes while G is formed (167^2 pixels, 1,024 source pixels: 230 MB).
     Arguments and result as :func:`fft_psf_normal_matrix` (upper triangle, C order).
     """
     n = int(image_n)
@@ -145,10 +146,14 @@ def gemm_psf_normal_matrix(L: sp.csr_matrix, psf: np.ndarray, image_n: int, weig
     if k.ndim != 2 or k.shape[0] != k.shape[1] or k.shape[0] % 2 == 0:
         raise ValueError(f"psf must be an odd square kernel, got shape {k.shape}")
     idx = np.arange(L.shape[1]) if unknowns is None else np.asarray(unknowns, dtype=np.int64)
-    used = np.flatnonzero(w > 0)
+    Lc = sp.csc_matrix(L)
+    # pixels some column of L reaches through the kernel's box: the other rows of G are zero
+    hit = np.zeros(n * n, dtype=np.uint8)
+    hit[Lc[:, idx].indices] = 1
+    reach = ndimage.maximum_filter(hit.reshape(n, n), size=k.shape[0], mode="constant").reshape(-1) > 0
+    used = np.flatnonzero((w > 0) & reach)
     if idx.size == 0 or used.size == 0:
         return np.zeros((idx.size, idx.size))
-    Lc = sp.csc_matrix(L)
     Gt = _normal_kernels.blurred_columns(n, np.ascontiguousarray(k), Lc.indptr.astype(np.int64),
                                          Lc.indices.astype(np.int64), Lc.data.astype(np.float64), idx)
     if used.size < 0.9 * n * n:  # the product's cost is per pixel: leave the unweighted ones out
