@@ -68,7 +68,8 @@ LENSES = (
              "PyAutoLens 3-sigma 0.7576-0.9355 (einstein_radius), max. likelihood 0.908", 0.7576, 0.9355, True),
     RealLens("sl2s", "sl2s_j0219-0829",
              ("--image", "{d}/image_lens_system3_F600LP.h5", "--psf", "{d}/psf_lens_system3_F600LP.h5",
-              "--lens-light"),
+              "--lens-light",  # three neighbouring galaxies masked (unmasked, the fit took one for an image)
+              "--mask-circle", "2.18,-0.70,0.3", "--mask-circle", "-2.22,1.94,0.3", "--mask-circle", "2.02,1.30,0.2"),
              "none (prior used elsewhere: power law 1.11 +- 0.13)"),
 )
 
