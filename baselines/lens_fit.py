@@ -37,7 +37,8 @@ Stages (no starting guess needed):
    candidate far from the image's centre needs no wider, coarser grid for every lens.
 2. Refinement on the full source grid (its field of view from the coarse lens: the significant
    pixels traced back to the source plane), Nelder-Mead restarted from its own optimum
-   (the EPL's slope is freed here).
+   (the EPL's slope is freed here); the first run on the coarse stage's binned image
+   (``FitConfig.medium``), the restart on the original pixels.
 3. Uncertainties: the curvature of the log evidence at the optimum (Laplace approximation), from
    a least-squares quadratic through evaluations scattered over the region where it drops by a
    few nats (steps adapted to about one nat per axis), plus the spread of the optimum over
@@ -295,6 +296,11 @@ class FitConfig:
         Most evidence evaluations of the coarse stage's Nelder-Mead runs (half shared by the short
         runs from ``COARSE_STARTS`` scan points, a quarter for each of the best two), and of each
         refinement run.
+    medium : bool
+        Run the first of the refinement's two Nelder-Mead runs on the coarse stage's binned image
+        (with the refinement's source grid and supersampling), the second on the original pixels
+        (where the coarse stage was binned at all). An evaluation there is 3-8 times cheaper (SLACS
+        cut-outs, 61 x 61 PSF, 3 x 3 binning) and the first run takes most of the evaluations.
     uncertainties : bool
         Estimate the curvature of the log evidence at the optimum.
     grid_systematics : int
@@ -325,6 +331,7 @@ class FitConfig:
     lam_mode: str = "fixed"
     coarse_evaluations: int = 1000
     refine_evaluations: int = 500
+    medium: bool = True
     uncertainties: bool = True
     grid_systematics: int = 4
     light_prior_std: Optional[float] = None
@@ -346,6 +353,8 @@ class FitConfig:
         if self.light_prior_std is not None:
             positive_float("light_prior_std", self.light_prior_std)
         int_at_least("grid_systematics", self.grid_systematics, 0)
+        if not isinstance(self.medium, bool):
+            raise ValueError(f"medium must be True or False, got {self.medium!r}")
         for name in ("blas_threads", "numba_threads"):
             if getattr(self, name) is not None:
                 int_at_least(name, getattr(self, name), 1)
@@ -1364,9 +1373,12 @@ def fit_lens(image: np.ndarray, sigma: Union[float, np.ndarray], image_grid: Ima
         stage = _Stage("refine", space, grid, config.supersample)
         bounds = space.bounds(image_grid.fov)
         steps = 0.3 * space.steps(x[0])
-        for _ in range(2):  # Nelder-Mead, restarted once from its own optimum (lam fixed anew)
-            stage = _stage_lam(prob, stage, x, config.lam_mode)
-            x, v = _maximise(prob, stage, x, steps, bounds, config.refine_evaluations)
+        # Nelder-Mead, restarted once from its own optimum (lam fixed anew); with ``medium`` the
+        # first run works on the coarse stage's binned image (the refinement's source grid)
+        for problem in (coarse if config.medium and coarse is not prob else prob, prob):
+            run = replace(stage, name="medium" if problem is not prob else "refine")
+            stage = _stage_lam(problem, run, x, config.lam_mode)
+            x, v = _maximise(problem, stage, x, steps, bounds, config.refine_evaluations)
             steps = 0.3 * steps
         stage_final = replace(stage, lam=None, name="refine")
         v = prob.log_evidence(x, stage_final) if stage.lam is not None else v

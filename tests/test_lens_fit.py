@@ -92,6 +92,21 @@ def test_fit_finds_lens_without_guess_and_ignores_bad_pixels():
     assert fit.timings["total"] > 0 and fit.lens_light is None
 
 
+def test_medium_stage_refines_on_the_binned_image_first(monkeypatch):
+    """With the coarse stage binned (3 x 3 here: the ring-radius cap lowered), the refinement's first
+    run evaluates the binned image (stage "medium"), the restart the original pixels, and the fit is
+    as accurate as the targets."""
+    import baselines.lens_fit as lf
+
+    monkeypatch.setattr(lf, "MIN_RING_PIXELS", 2)
+    image, sigma, _ = _simulate(1)
+    fit = fit_lens(image, sigma, IG, PSF, config=replace(FAST, uncertainties=False))
+    assert fit.evaluations["medium"] > 20 and fit.evaluations["refine"] > 20, fit.evaluations
+    _check_lens(fit, check_sigma=False)
+    with pytest.raises(ValueError, match="medium"):
+        FitConfig(medium=1)
+
+
 def test_fit_with_lens_light_recovers_lens_and_light():
     image, sigma, light_img = _simulate(3, light=True)
     fit = fit_lens(image, sigma, IG, PSF, lens_light=MGELight(), config=replace(FAST, uncertainties=False))
