@@ -97,6 +97,8 @@ _FFT_SECONDS_PER_OP = 5e-9
 _SCATTER_SECONDS_PER_OP = 1.6e-9
 _SYRK_SECONDS_PER_OP = 3.5e-11
 _GEMM_OVERHEAD_SECONDS = 0.01  # measured 18-40 ms against the direct route's 8-10 ms on a 30 x 30 image, 9 x 9 source
+#: ``auto`` takes the gemm route only where G (``8 n^2 m`` bytes while it is formed) fits in this
+_GEMM_MAX_BYTES = 2 * 1024**3
 
 
 def _fft_side(n: int, kernel_side: int) -> int:
@@ -125,6 +127,8 @@ def _route_costs(L: sp.csr_matrix, kernel_side: int, image_n: int, w: np.ndarray
     n_w = int(np.count_nonzero(w))
     gemm = (_GEMM_OVERHEAD_SECONDS + _SCATTER_SECONDS_PER_OP * L.nnz * float(K) ** 2
             + _SYRK_SECONDS_PER_OP * n_w * float(n_columns) ** 2)
+    if 8.0 * image_n * image_n * n_columns > _GEMM_MAX_BYTES:
+        gemm = math.inf
     return direct, fft, gemm
 
 

@@ -4,6 +4,8 @@ scipy.signal.convolve2d), and the choice between the direct, FFT and gemm routes
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from scipy.signal import convolve2d
@@ -128,6 +130,16 @@ def test_hst_sized_problem_takes_the_gemm_route(monkeypatch):
                         lambda *a, **kw: taken.append("gemm") or np.zeros((a[4].size,) * 2))
     op.normal_matrix(w)
     assert taken == ["gemm"]
+
+
+def test_gemm_route_is_not_taken_beyond_its_memory_bound(monkeypatch):
+    import lensinv.normal as normal
+
+    op = lensinv.operator(LENS, IMG, SRC, psf=np.ones((61, 61)) / 61**2, supersample=2)
+    w = np.ones(IMG.size)
+    assert math.isfinite(_route_costs(op.L, 61, IMG.n, w, SRC.size)[2])
+    monkeypatch.setattr(normal, "_GEMM_MAX_BYTES", 8 * IMG.size * SRC.size - 1)
+    assert _route_costs(op.L, 61, IMG.n, w, SRC.size)[2] == math.inf
 
 
 def test_invalid_arguments_are_named(rng):
