@@ -6,8 +6,8 @@
 and return either a dense array of which only the upper triangle is filled, or a
 full symmetric sparse matrix.
 
-Two routes form ``L^T (F^T W F) L`` (:func:`lens_psf_normal_matrix`, ``method="auto"`` picks the
-cheaper by an operation count):
+Three routes form ``L^T (F^T W F) L`` (:func:`lens_psf_normal_matrix`, ``method="auto"`` picks the
+cheapest by an operation count):
 
 - ``"direct"`` (:mod:`lensinv._normal_kernels`): rows of ``F^T W F`` summed exactly, or ``w`` times
   the PSF's autocorrelation where the weights are uniform over a PSF window; its cost grows as
