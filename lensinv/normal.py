@@ -106,6 +106,19 @@ def _fft_side(n: int, kernel_side: int) -> int:
     return sfft.next_fast_len(max(n + (kernel_side - 1) // 2, kernel_side), real=True)
 
 
+def _psf_route_inputs(L: sp.csr_matrix, psf: np.ndarray, image_n: int,
+                      weights: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+    """The image side, the checked weights and the kernel (an odd square) of a PSF route's call."""
+    n = int(image_n)
+    if L.shape[0] != n * n:
+        raise ValueError(f"L has {L.shape[0]} rows, not image_n^2 = {n * n}")
+    w = _weights(weights, L.shape[0])
+    k = np.asarray(psf, dtype=np.float64)
+    if k.ndim != 2 or k.shape[0] != k.shape[1] or k.shape[0] % 2 == 0:
+        raise ValueError(f"psf must be an odd square kernel, got shape {k.shape}")
+    return n, w, k
+
+
 def _route_costs(L: sp.csr_matrix, kernel_side: int, image_n: int, w: np.ndarray,
                  n_columns: int) -> tuple[float, float, float]:
     """Estimated seconds of the direct, the FFT and the gemm route (module docstring)."""
@@ -142,13 +155,7 @@ def gemm_psf_normal_matrix(L: sp.csr_matrix, psf: np.ndarray, image_n: int, weig
     bytes while G is formed (167^2 pixels, 1,024 source pixels: 230 MB).
     Arguments and result as :func:`fft_psf_normal_matrix` (upper triangle, C order).
     """
-    n = int(image_n)
-    if L.shape[0] != n * n:
-        raise ValueError(f"L has {L.shape[0]} rows, not image_n^2 = {n * n}")
-    w = _weights(weights, L.shape[0])
-    k = np.asarray(psf, dtype=np.float64)
-    if k.ndim != 2 or k.shape[0] != k.shape[1] or k.shape[0] % 2 == 0:
-        raise ValueError(f"psf must be an odd square kernel, got shape {k.shape}")
+    n, w, k = _psf_route_inputs(L, psf, image_n, weights)
     idx = np.arange(L.shape[1]) if unknowns is None else np.asarray(unknowns, dtype=np.int64)
     Lc = sp.csc_matrix(L)
     # pixels some column of L reaches through the kernel's box: the other rows of G are zero
@@ -205,13 +212,7 @@ def fft_psf_normal_matrix(L: sp.csr_matrix, psf: np.ndarray, image_n: int, weigh
     """
     import numba
 
-    n = int(image_n)
-    if L.shape[0] != n * n:
-        raise ValueError(f"L has {L.shape[0]} rows, not image_n^2 = {n * n}")
-    w = _weights(weights, L.shape[0])
-    k = np.asarray(psf, dtype=np.float64)
-    if k.ndim != 2 or k.shape[0] != k.shape[1] or k.shape[0] % 2 == 0:
-        raise ValueError(f"psf must be an odd square kernel, got shape {k.shape}")
+    n, w, k = _psf_route_inputs(L, psf, image_n, weights)
     chunk = int(chunk)
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk!r}")
