@@ -27,5 +27,5 @@ __all__ = ["Curvature", "EvidenceSearch", "FORMS", "FitConfig", "FitProgress", "
            "LensFit", "MGELight", "NormalEquations", "NotPositiveDefiniteError", "Prior", "Regularization", "SELECTIONS",
            "Zeroth",
            "annular_mask", "arc_mask", "bad_pixel_mask", "fit_lens", "have_cholmod", "invert", "invert_by_evidence",
-           "normal_equations", "region_mask", "regularization_matrix", "restricted_prior", "search_evidence", "sky_offsets",
-           "warren_dye_setup"]
+           "normal_equations", "region_mask", "regularization_matrix", "restricted_prior", "search_evidence",
+           "sky_offsets", "warren_dye_setup"]

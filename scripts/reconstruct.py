@@ -397,8 +397,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="fit only pixels at R_IN <= r < R_OUT arcsec from the image's centre")
     ap.add_argument("--psf-size", type=odd_int_at_least_3, default=None,
                     help="use the central N x N of the --psf kernel, renormalised (odd N >= 3; the wings lost are "
-                         "its flux outside N x N). Rarely worth it: big kernels take the FFT or gemm route of the normal "
-                         "matrix, whose cost grows far less with the kernel than the direct route's")
+                         "its flux outside N x N). Rarely worth it: big kernels take the FFT or gemm route of the "
+                         "normal matrix, whose cost grows far less with the kernel than the direct route's")
     ap.add_argument("--crop", type=positive_float, default=None,
                     help="work on the central ARCSEC x ARCSEC of the image (about the image's centre; a fit's "
                          "cost grows with the pixels: a ring of radius R needs about 2.5 R + the PSF)")
@@ -846,8 +846,8 @@ def save_figure(path: Path, panels: list) -> None:
 
 # -- interferometric data ------------------------------------------------------------------------
 #: flags of imaging data that --visibilities does not take
-IMAGING_ONLY = ("noise", "sigma", "psf", "psf_fwhm", "mask", "mask_circle", "mask_annulus", "psf_size", "crop", "profile",
-                "lens_light", "shard")
+IMAGING_ONLY = ("noise", "sigma", "psf", "psf_fwhm", "mask", "mask_circle", "mask_annulus", "psf_size", "crop",
+                "profile", "lens_light", "shard")
 
 
 def main_visibilities(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
