@@ -97,7 +97,8 @@ _FFT_SECONDS_PER_OP = 5e-9
 _SCATTER_SECONDS_PER_OP = 1.6e-9
 _SYRK_SECONDS_PER_OP = 3.5e-11
 _GEMM_OVERHEAD_SECONDS = 0.01  # measured 18-40 ms against the direct route's 8-10 ms on a 30 x 30 image, 9 x 9 source
-#: ``auto`` takes the gemm route only where G (``8 n^2 m`` bytes while it is formed) fits in this
+#: ``auto`` takes the gemm route only where G over every pixel (``8 n^2 m`` bytes) fits in this (the
+#: copy of its weighted rows may add as much again)
 _GEMM_MAX_BYTES = 2 * 1024**3
 
 
@@ -152,7 +153,8 @@ def gemm_psf_normal_matrix(L: sp.csr_matrix, psf: np.ndarray, image_n: int, weig
     ``G`` has a row per pixel of non-zero weight within the kernel's box of some entry of L (the other
     rows are zero) and a column per unknown; its columns are the blurred images of the source pixels
     (each entry of L scatters the kernel), and the product is one BLAS ``syrk``. Memory: ``8 n^2 m``
-    bytes while G is formed (167^2 pixels, 1,024 source pixels: 230 MB).
+    bytes while G is formed over every pixel (167^2 pixels, 1,024 source pixels: 230 MB), and
+    ``8 n_w m`` more while its weighted rows are copied out (where fewer than 90% are weighted).
     Arguments and result as :func:`fft_psf_normal_matrix` (upper triangle, C order).
     """
     n, w, k = _psf_route_inputs(L, psf, image_n, weights)
