@@ -1184,22 +1184,22 @@ class _Quadratic:
     h: np.ndarray
 
     def newton_step(self, radius: float) -> tuple[np.ndarray, bool]:
-        """The step to the quadratic's maximum, in parameter units, and whether it is trusted: the
-        Hessian negative definite and the step within ``radius`` axis steps (else the step is
-        shortened to that radius, along the Hessian with its eigenvalues raised as in
-        :func:`_covariance`)."""
+        """The step to the quadratic's maximum, in parameter units (the Hessian's eigenvalues raised
+        as in :func:`_covariance`, so a flat or upward direction takes a step of its gradient over
+        that floor), and whether it is trusted: within ``radius`` axis steps (else it is shortened
+        to that radius). A nearly flat direction (SLACS 2303+1422) thus takes a bounded step
+        rather than a refit after refit; the covariance flags it (``hessian_ok``)."""
         h = self.h
         A = -0.5 * (self.hessian + self.hessian.T) * np.outer(h, h)  # in units of the axis steps
         b = self.gradient * h
         if not (np.all(np.isfinite(A)) and np.all(np.isfinite(b))):
             return np.zeros_like(h), False
         e, U = np.linalg.eigh(A)
-        ok = bool(e.min() > 0)
         u = U @ ((U.T @ b) / np.maximum(e, 0.1))
         norm = float(np.linalg.norm(u))
         if norm > radius:
-            u, ok = u * (radius / norm), False
-        return u * h, ok
+            return u * (radius / norm) * h, False
+        return u * h, True
 
 
 def _curvature(prob: _Problem, stage: _Stage, x: np.ndarray, f0: float, h0: np.ndarray,
@@ -1251,10 +1251,10 @@ def _newton_refine(prob: _Problem, stage: _Stage, x: np.ndarray, f0: float, h0: 
                    iterations: int = NEWTON_ITERATIONS) -> _Refined:
     """The full-resolution refinement after the medium stage: a quadratic fitted about ``x``
     (:func:`_curvature`, as for the uncertainties) and a step to its maximum, accepted where the
-    evidence there is higher. Where the step is not trusted (the Hessian not negative definite, or
-    the maximum beyond ``NEWTON_RADIUS * sqrt(dim)`` axis steps, outside the sampled ball) the
-    quadratic is fitted again about the new point, at most ``iterations`` times; still not trusted,
-    the result says it has not converged (:func:`fit_lens` then goes on with Nelder-Mead)."""
+    evidence there is higher. Where the step is not trusted (the maximum beyond ``NEWTON_RADIUS *
+    sqrt(dim)`` axis steps, outside the ball the quadratic was sampled in) the quadratic is fitted
+    again about the new point, at most ``iterations`` times; still not trusted, the result says it
+    has not converged (:func:`fit_lens` then goes on with Nelder-Mead)."""
     lo = np.array([b[0] for b in bounds])
     hi = np.array([b[1] for b in bounds])
     quad, trusted = None, False

@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import math
 import re
 import sys
@@ -359,6 +360,17 @@ class _Progress:
         self.bar.close()
 
 
+def _log_to_stderr() -> None:
+    """The library's INFO messages on stderr (once; alongside any handlers already there)."""
+    root = logging.getLogger()
+    if not any(getattr(h, "_reconstruct_verbose", False) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        handler._reconstruct_verbose = True
+        root.addHandler(handler)
+    root.setLevel(min(root.level or logging.WARNING, logging.INFO))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--image", type=Path, default=None,
@@ -428,7 +440,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="arcsec (default 1.5, or for warren-dye without --lens, the fit's)")
     ap.add_argument("--out", type=Path, required=True, help="result folder (created)")
     ap.add_argument("--overwrite", action="store_true", help="replace an earlier result in --out")
+    ap.add_argument("-v", "--verbose", action="store_true",
+                    help="report the library's steps (logging at INFO: the lens fit's stages, Newton steps)")
     args = ap.parse_args(_joined_negative_values(sys.argv[1:] if argv is None else list(argv)))
+    if args.verbose:
+        _log_to_stderr()
     if sum(a is not None for a in (args.image, args.images, args.visibilities)) != 1:
         ap.error("one of the arguments --image --images --visibilities is required (only one)")
     if args.visibilities is not None:

@@ -292,7 +292,7 @@ def test_newton_refinement_reaches_the_maximum_of_a_noisy_quadratic():
     deviations off per axis (correlated scales from 1e-3 to 1, sub-nat jitter; 5 and 38 nats below
     the maximum) it converges within 0.1 standard deviations of the maximum (after shortened steps)
     and its Hessian gives the covariance; from 4 (152 nats) it improves but says it has not
-    converged."""
+    converged; a flat direction does not stop it."""
     from baselines.lens_fit import _covariance, _newton_refine
 
     scales = np.array([1e-3, 0.01, 0.1, 1.0])
@@ -324,6 +324,18 @@ def test_newton_refinement_reaches_the_maximum_of_a_noisy_quadratic():
         cov, ok = _covariance(ref.quadratic.hessian, ref.quadratic.h)
         assert ok
         np.testing.assert_allclose(np.sqrt(np.diag(cov)), scales, rtol=0.2)  # 0.1-nat jitter
+    # a flat direction (the evidence independent of the first parameter): a bounded step, trusted,
+    # the others found, a wide interval on it
+    flat = prec.copy()
+    flat[0, :] = flat[:, 0] = 0.0
+    prec = flat
+    prob = Quadratic()
+    x0 = best + 0.7 * scales * np.array([1, -1, 1, -1])
+    ref = _newton_refine(prob, None, x0, prob.log_evidence(x0, None), 0.3 * scales, bounds)
+    assert ref.converged and prob.calls <= 200  # a flat quadratic takes _curvature's extra rounds
+    assert np.max(np.abs((ref.x - best) / scales)[1:]) < 0.1, ref.x
+    cov = _covariance(ref.quadratic.hessian, ref.quadratic.h)[0]
+    assert math.sqrt(cov[0, 0]) > 10 * scales[0]  # the flat direction: no constraint worth the name
 
 
 def test_bin_factor_is_odd_and_nearest():

@@ -92,10 +92,11 @@ def test_fit_without_lens_writes_fit_json(rec, sim, tmp_path, capsys):
     out = tmp_path / "r"
     t = time.perf_counter()
     assert rec.main(_files(tmp_path, image, np.full(image.shape, sigma)) + ["--method", "warren-dye",
-                                                                          "--out", str(out)]) == 0
+                                                                          "--out", str(out), "-v"]) == 0
     wall = time.perf_counter() - t
     err = capsys.readouterr().err
     assert "fit" in err  # the progress bar and the summary
+    assert "baselines.lens_fit: geometry: centre" in err and "coarse stage" in err  # --verbose
     r = _load(out)
     assert set(r["lens"]) == LENS_KEYS and set(r["lens_std"]) == LENS_KEYS
     assert abs(r["lens"]["theta_E"] / TRUE["theta_E"] - 1) < 0.02, r["lens"]
