@@ -55,6 +55,7 @@ The RIM sees masked pixels as zeros (it has no mask); rim+wd's inversion leaves 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import math
@@ -360,15 +361,24 @@ class _Progress:
         self.bar.close()
 
 
-def _log_to_stderr() -> None:
-    """The library's INFO messages on stderr (once; alongside any handlers already there)."""
+@contextlib.contextmanager
+def _verbose(enabled: bool):
+    """With ``enabled``: the library's INFO messages on stderr for the duration (the handler is
+    removed after, so a caller in the same process is left as it was)."""
+    if not enabled:
+        yield
+        return
     root = logging.getLogger()
-    if not any(getattr(h, "_reconstruct_verbose", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
-        handler._reconstruct_verbose = True
-        root.addHandler(handler)
-    root.setLevel(min(root.level or logging.WARNING, logging.INFO))
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(min(level or logging.WARNING, logging.INFO))
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -443,12 +453,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-v", "--verbose", action="store_true",
                     help="report the library's steps (logging at INFO: the lens fit's stages, Newton steps)")
     args = ap.parse_args(_joined_negative_values(sys.argv[1:] if argv is None else list(argv)))
-    if args.verbose:
-        _log_to_stderr()
     if sum(a is not None for a in (args.image, args.images, args.visibilities)) != 1:
         ap.error("one of the arguments --image --images --visibilities is required (only one)")
     if args.visibilities is not None:
-        return main_visibilities(ap, args)
+        with _verbose(args.verbose):
+            return main_visibilities(ap, args)
     for flag in ("image_n", "dish_diameter"):
         if getattr(args, flag) is not None:
             ap.error(f"argument --{flag.replace('_', '-')}: only with --visibilities")
@@ -487,13 +496,14 @@ def main(argv: list[str] | None = None) -> int:
         args.lens_model = None
     if args.profile is None:
         args.profile = "SIE"
-    if args.images is not None:
-        return run_batch(args, folders)
-    try:
-        return run(args)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    with _verbose(args.verbose):
+        if args.images is not None:
+            return run_batch(args, folders)
+        try:
+            return run(args)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
 
 
 def run_batch(args: argparse.Namespace, folders: list[Path]) -> int:

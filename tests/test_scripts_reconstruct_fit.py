@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import time
 from pathlib import Path
@@ -90,9 +91,11 @@ def sim():
 def test_fit_without_lens_writes_fit_json(rec, sim, tmp_path, capsys):
     image, sigma = sim
     out = tmp_path / "r"
+    handlers = list(logging.getLogger().handlers)
     t = time.perf_counter()
     assert rec.main(_files(tmp_path, image, np.full(image.shape, sigma)) + ["--method", "warren-dye",
                                                                           "--out", str(out), "-v"]) == 0
+    assert logging.getLogger().handlers == handlers  # -v's handler is gone after the run
     wall = time.perf_counter() - t
     err = capsys.readouterr().err
     assert "fit" in err  # the progress bar and the summary
