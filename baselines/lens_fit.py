@@ -53,10 +53,10 @@ the lens centre, in groups of widths each with its own axis ratio and orientatio
 light alone from its second moments on, unless given), convolved with the PSF, and a uniform sky
 level. In the geometry stage the light is fitted alone with non-negative Gaussian amplitudes
 (bounded least squares), first on every pixel, then without the significant excess it leaves
-(the arcs, neighbours); the arcs are then the residual light that stands out of the residual's own median and robust spread (a bright galaxy's smooth misfit is
-many sigma when smoothed) and exceeds ``ARC_CONTRAST`` of the galaxy's light. The Gaussians that
-fit kept (non-zero) and the sky are the columns solved jointly with the source in the same linear
-system, with a weak Gaussian prior ``N(0, light_prior_std^2)`` (see
+(the arcs, neighbours); the arcs are then the residual light that stands out of the residual's
+own median and robust spread (a bright galaxy's smooth misfit is many sigma when smoothed) and
+exceeds ``ARC_CONTRAST`` of the galaxy's light. The Gaussians that fit kept (non-zero) and the
+sky are the columns solved jointly with the source in the same linear system, with a weak Gaussian prior ``N(0, light_prior_std^2)`` (see
 :mod:`baselines.normal_equations`): the evidence includes them, and there the amplitudes may be
 negative.
 
