@@ -56,9 +56,9 @@ level. In the geometry stage the light is fitted alone with non-negative Gaussia
 (the arcs, neighbours); the arcs are then the residual light that stands out of the residual's
 own median and robust spread (a bright galaxy's smooth misfit is many sigma when smoothed) and
 exceeds ``ARC_CONTRAST`` of the galaxy's light. The Gaussians that fit kept (non-zero) and the
-sky are the columns solved jointly with the source in the same linear system, with a weak Gaussian prior ``N(0, light_prior_std^2)`` (see
-:mod:`baselines.normal_equations`): the evidence includes them, and there the amplitudes may be
-negative.
+sky are the columns solved jointly with the source in the same linear system, with a weak
+Gaussian prior ``N(0, light_prior_std^2)`` (see :mod:`baselines.normal_equations`): the evidence
+includes them, and there the amplitudes may be negative.
 
 Masks: noise values that are non-finite, ``<= 0`` or at least ``1e6`` times the median, and
 non-finite data, mark masked pixels (:func:`bad_pixel_mask`); a user mask (True = use) is
