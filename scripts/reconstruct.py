@@ -3,6 +3,7 @@
 
     python scripts/reconstruct.py --image image.fits --noise noise_map.fits --psf psf.fits \\
         --method warren-dye --out results/obs1                      # fits the lens (SIE + shear)
+                                                                    # (-v: log its stages)
     python scripts/reconstruct.py --image obs.fits --lens "theta_E=1.1,q=0.8,phi=0.4,gamma=0.03,gamma_phi=1.2" \\
         --sigma 0.02 --psf-fwhm 0.08 --method warren-dye --out results/obs1
 
