@@ -1196,11 +1196,10 @@ class _Quadratic:
         to that radius). A nearly flat direction (SLACS 2303+1422) thus takes a bounded step
         rather than a refit after refit; the covariance flags it (``hessian_ok``)."""
         h = self.h
-        A = -0.5 * (self.hessian + self.hessian.T) * np.outer(h, h)  # in units of the axis steps
         b = self.gradient * h
-        if not (np.all(np.isfinite(A)) and np.all(np.isfinite(b))):
+        if not (np.all(np.isfinite(self.hessian)) and np.all(np.isfinite(b))):
             return np.zeros_like(h), False
-        e, U = np.linalg.eigh(A)
+        e, U = _step_eigen(self.hessian, h)
         u = U @ ((U.T @ b) / np.maximum(e, 0.1))
         norm = float(np.linalg.norm(u))
         if norm > radius:
@@ -1249,7 +1248,7 @@ def _curvature(prob: _Problem, stage: _Stage, x: np.ndarray, f0: float, h0: np.n
         A = np.zeros((dim, dim))
         A[iu, ju] = coef[1 + dim:]
         A = A + A.T  # d2f/du_i du_j: 2 c_ii on the diagonal, c_ij off it
-        if np.all(np.isfinite(A)) and np.linalg.eigvalsh(-A).min() > 0:
+        if _negative_definite(A):
             break
         new = 2 * n_coef
     return _Quadratic(x=np.array(x, dtype=np.float64), hessian=A / np.outer(h, h), gradient=coef[1:1 + dim] / h, h=h,
@@ -1258,6 +1257,12 @@ def _curvature(prob: _Problem, stage: _Stage, x: np.ndarray, f0: float, h0: np.n
 
 def _negative_definite(H: np.ndarray) -> bool:
     return bool(np.all(np.isfinite(H)) and np.linalg.eigvalsh(-0.5 * (H + H.T)).min() > 0)
+
+
+def _step_eigen(H: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues and vectors of ``-H`` (symmetrised) in units of the axis steps ``h``, where one
+    nat is a curvature of about 2: what :func:`_covariance` and the Newton step clip alike."""
+    return np.linalg.eigh(-0.5 * (H + H.T) * np.outer(h, h))
 
 
 @dataclass(frozen=True)
@@ -1324,8 +1329,7 @@ def _covariance(H: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, bool]:
     most about three steps along an unconstrained direction, and the result is flagged."""
     if not np.all(np.isfinite(H)):
         return np.full(H.shape, np.nan), False
-    A = -0.5 * (H + H.T) * np.outer(h, h)
-    e, U = np.linalg.eigh(A)
+    e, U = _step_eigen(H, h)
     ok = bool(e.min() > 0)
     e = np.maximum(e, 0.1) if not ok else e
     return ((U / e) @ U.T) * np.outer(h, h), ok
