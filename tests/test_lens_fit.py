@@ -191,6 +191,8 @@ def test_mge_groups_take_their_own_shapes():
 def test_fit_config_and_inputs_validated():
     with pytest.raises(ValueError, match="lam_mode"):
         FitConfig(lam_mode="sometimes")
+    with pytest.raises(ValueError, match="newton"):
+        FitConfig(newton="yes")
     with pytest.raises(ValueError, match="source_n"):
         FitConfig(source_n=2)
     with pytest.raises(ValueError, match="coarse_pixel"):
