@@ -436,7 +436,8 @@ class LensFit:
         and radians, lensinv/lenstronomy conventions (``gamma`` is the external shear, ``slope`` the
         EPL's logarithmic slope); the keys of ``fit.json`` (DESIGN.md).
     params_std : dict
-        Their standard deviations from the curvature of the log evidence (NaN where not estimated).
+        Their standard deviations (NaN where not estimated): from ``covariance``, i.e. the
+        curvature of the log evidence plus the source grid's systematic part.
     covariance : ndarray or None
         Covariance of the fitted vector ``fit_names`` (Laplace approximation).
     fit_names : tuple of str
@@ -474,6 +475,9 @@ class LensFit:
     covariance_grid : ndarray or None
         The part of ``covariance`` from the source grid's placement and pixel size (the spread of
         the optimum over ``FitConfig.grid_systematics`` other grids); None where not estimated.
+    params_std_curvature : dict or None
+        The standard deviations from the curvature alone (the statistical part, without
+        ``covariance_grid``); None where not estimated.
     """
 
     lens: lensinv.Lens
@@ -496,6 +500,7 @@ class LensFit:
     timings: dict = field(default_factory=dict)
     hessian_ok: bool = True
     covariance_grid: Optional[np.ndarray] = None
+    params_std_curvature: Optional[dict] = None
 
     @property
     def chi2_per_pixel(self) -> float:
@@ -1231,7 +1236,9 @@ def _curvature(prob: _Problem, stage: _Stage, x: np.ndarray, f0: float, h0: np.n
         points = [(x + dx, f) for dx, f in points]
     else:
         h = h0.copy()
-        points = [(xa, f) for xa, f in earlier if np.linalg.norm((xa - x) / h) <= 1.5 * math.sqrt(dim)]
+        # the centre enters once, below, however often the earlier evaluations hold it
+        points = [(xa, f) for xa, f in earlier
+                  if 0 < np.linalg.norm((xa - x) / h) <= 1.5 * math.sqrt(dim)]
         new = max(new - len(points), n_coef)
     rng = np.random.default_rng(seed)
     iu, ju = np.triu_indices(dim)
@@ -1576,7 +1583,7 @@ def fit_lens(image: np.ndarray, sigma: Union[float, np.ndarray], image_grid: Ima
         timings["refine"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        cov, hessian_ok, cov_grid = None, True, None
+        cov, hessian_ok, cov_grid, std_curvature = None, True, None, None
         params_std = {k: math.nan for k in space.report(x)}
         if config.uncertainties:
             if quad is None:
@@ -1587,13 +1594,14 @@ def fit_lens(image: np.ndarray, sigma: Union[float, np.ndarray], image_grid: Ima
             if not hessian_ok:
                 log.warning("the curvature of the log evidence is not negative definite at the optimum: "
                             "uncertainties are from its clipped form")
+            std_curvature = _report_std(space, x, cov)
             if config.grid_systematics and np.all(np.isfinite(cov)):
                 # lam fixed as in the refinement (each grid's evaluations then share one prior, all
                 # its linear response needs; with lam optimised an evaluation costs about twice as much)
                 cov_grid = _grid_systematics(prob, replace(stage, name="grid systematics"), x, cov, h, bounds,
                                              config.grid_systematics)
                 cov = cov + cov_grid
-            params_std = _report_std(space, x, cov)
+            params_std = _report_std(space, x, cov) if cov_grid is not None else std_curvature
         timings["uncertainties"] = time.perf_counter() - t
 
         lens = space.lens(x)
@@ -1614,4 +1622,4 @@ def fit_lens(image: np.ndarray, sigma: Union[float, np.ndarray], image_grid: Ima
                    light_q=geo.light_q if lens_light is not None else None,
                    light_phi=geo.light_phi if lens_light is not None else None, mask=use,
                    evaluations=dict(prob.evaluations), timings=timings, hessian_ok=hessian_ok,
-                   covariance_grid=cov_grid)
+                   covariance_grid=cov_grid, params_std_curvature=std_curvature)
