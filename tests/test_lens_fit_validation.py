@@ -42,6 +42,8 @@ def test_fit_resume_shard_and_summary(val, tmp_path, capsys):
     assert r["theta_E_true"] == pytest.approx(truth_theta_E(0))
     assert all(math.isfinite(r[f"{k}_fit"]) and math.isfinite(r[f"{k}_std"]) and r[f"{k}_std"] > 0
                for k in val.PARAMS)
+    # the curvature's part alone is never larger than the total (which adds the grid's)
+    assert all(0 < r[f"{k}_std_curvature"] <= r[f"{k}_std"] * (1 + 1e-9) for k in val.PARAMS)
     assert r["wall_s"] > 0 and r["chi2_per_pixel"] > 0.5
     # a second run of the shard fits nothing, nor does the unsharded run, which summarises
     capsys.readouterr()
@@ -58,6 +60,11 @@ def test_summary_rules(val):
     for k in val.PARAMS:
         base |= {f"{k}_true": 1.0, f"{k}_fit": 1.0, f"{k}_std": 0.01}
     assert val.summarise([base]).targets_met and val.summarise([base]).fraction_within_3sigma == 1
+    # rows without the curvature's part (older tables) count as outside for that fraction only
+    assert val.summarise([base]).fraction_within_3sigma_curvature == 0
+    tight = base | {f"{k}_std_curvature": 0.001 for k in val.PARAMS} | {"theta_E_fit": 1.005}
+    assert val.summarise([tight]).fraction_within_3sigma == 1
+    assert val.summarise([tight]).fraction_within_3sigma_curvature == pytest.approx(6 / 7)
     off = base | {"theta_E_fit": 1.02, "theta_E_std": 1.0}  # inside 3 sigma but 2% off: fails the 1% target
     s = val.summarise([off])
     assert not s.targets_met and s.fraction_within_3sigma == 1 and s.fraction_within_1pct_theta_E == 0
