@@ -11,7 +11,8 @@ The pieces ``invert`` composes are public too: :func:`normal_equations`,
 (:class:`Regularization`), so a new form is one class.
 
 :func:`fit_lens` fits the lens model itself (SIE or EPL, shear, optional lens light) by
-maximising the same evidence over the lens parameters (:mod:`baselines.lens_fit`).
+maximising the same evidence over the lens parameters (:mod:`baselines.lens_fit`), and, on
+request, samples their posterior with emcee (:func:`sample_posterior`, :mod:`baselines.posterior`).
 """
 
 from .evidence import EvidenceSearch, Prior, restricted_prior, search_evidence
@@ -19,13 +20,16 @@ from .inversion import SELECTIONS, InversionResult, invert, invert_by_evidence
 from .lens_fit import FitConfig, FitProgress, LensFit, MGELight, annular_mask, bad_pixel_mask, fit_lens
 from .masks import arc_mask, region_mask, sky_offsets
 from .normal_equations import NormalEquations, normal_equations
+from .posterior import PosteriorSamples, sample_posterior
 from .regularization import FORMS, Curvature, Gradient, Regularization, Zeroth, regularization_matrix
 from .solvers import NotPositiveDefiniteError, have_cholmod
 from .warren_dye import warren_dye_setup
 
 __all__ = ["Curvature", "EvidenceSearch", "FORMS", "FitConfig", "FitProgress", "Gradient", "InversionResult",
-           "LensFit", "MGELight", "NormalEquations", "NotPositiveDefiniteError", "Prior", "Regularization", "SELECTIONS",
+           "LensFit", "MGELight", "NormalEquations", "NotPositiveDefiniteError", "PosteriorSamples", "Prior",
+           "Regularization", "SELECTIONS",
            "Zeroth",
            "annular_mask", "arc_mask", "bad_pixel_mask", "fit_lens", "have_cholmod", "invert", "invert_by_evidence",
-           "normal_equations", "region_mask", "regularization_matrix", "restricted_prior", "search_evidence",
+           "normal_equations", "region_mask", "regularization_matrix", "restricted_prior", "sample_posterior",
+           "search_evidence",
            "sky_offsets", "warren_dye_setup"]

@@ -47,6 +47,10 @@ Stages (no starting guess needed):
    pixel count: a choice the data do not make, which moves the optimum by more than the
    curvature's errors on bright, structured sources), propagated to the reported parameters
    with their Jacobian.
+4. Posterior (``FitConfig.posterior_steps``, off by default): emcee walkers started from the
+   curvature's Gaussian sample the log evidence (``lam`` fixed) under a uniform prior within the
+   fit's bounds (:mod:`baselines.posterior`, which says why emcee); the samples' spread then
+   replaces the curvature's in ``params_std``.
 
 Lens light: a multi-Gaussian expansion (:class:`MGELight`), Gaussians of fixed widths centred on
 the lens centre, in groups of widths each with its own axis ratio and orientation (fitted to the
@@ -86,6 +90,7 @@ from lensinv.grids import ImageGrid, SourceGrid
 from lensinv.psf import kernel_fwhm, validate_kernel
 
 from .inversion import InversionResult, invert
+from .posterior import PosteriorSamples, sample_posterior
 from .regularization import Regularization, get_regularization
 from .solvers import NotPositiveDefiniteError
 
@@ -358,6 +363,15 @@ class FitConfig:
         Source grids, each moved by half a pixel or with a different pixel count, over which the
         optimum's spread is measured and added to the curvature's covariance (0: not; see
         ``_grid_systematics``). Needs ``uncertainties``.
+    posterior_steps : int
+        Steps per walker of an emcee run that samples the posterior of the lens parameters (the
+        log evidence with ``lam`` fixed, a uniform prior within the fit's bounds) from the
+        curvature's Gaussian (:mod:`baselines.posterior`); 0: not sampled, the uncertainties are
+        the Laplace approximation's. Sampled, ``params_std`` are the samples' spread (plus the
+        grid term) and ``LensFit.posterior`` holds them. Costs ``walkers x steps`` full-resolution
+        evaluations (0.5-1.5 s each on the SLACS cut-outs). Needs ``uncertainties``.
+    posterior_walkers : int
+        Walkers of that run (even, at least twice the parameters plus 2); 0: that minimum.
     light_prior_std : float, optional
         Prior standard deviation of the lens-light amplitudes (image units); None: 100 times the
         largest absolute datum in the mask.
@@ -386,6 +400,8 @@ class FitConfig:
     newton: bool = True
     uncertainties: bool = True
     grid_systematics: int = 4
+    posterior_steps: int = 0
+    posterior_walkers: int = 0
     light_prior_std: Optional[float] = None
     significance: float = 3.0
     blas_threads: Optional[int] = 1
@@ -405,6 +421,14 @@ class FitConfig:
         if self.light_prior_std is not None:
             positive_float("light_prior_std", self.light_prior_std)
         int_at_least("grid_systematics", self.grid_systematics, 0)
+        int_at_least("posterior_steps", self.posterior_steps, 0)
+        int_at_least("posterior_walkers", self.posterior_walkers, 0)
+        if self.posterior_steps == 1:
+            raise ValueError("posterior_steps must be 0 (no sampling) or at least 2, got 1")
+        if self.posterior_walkers % 2:
+            raise ValueError(f"posterior_walkers must be even (0: the minimum), got {self.posterior_walkers}")
+        if self.posterior_steps and not self.uncertainties:
+            raise ValueError("posterior_steps needs uncertainties=True (the walkers start from the curvature)")
         for name in ("medium", "newton"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
@@ -478,6 +502,10 @@ class LensFit:
     params_std_curvature : dict or None
         The standard deviations from the curvature alone (the statistical part, without
         ``covariance_grid``); None where not estimated.
+    posterior : PosteriorSamples or None
+        With ``FitConfig.posterior_steps``: samples of the reported parameters (the columns
+        ``params``' keys; angles unwrapped about the best fit), by emcee; ``autocorr_steps``
+        are per sampled parameter (``fit_names``). None: not sampled.
     """
 
     lens: lensinv.Lens
@@ -501,6 +529,7 @@ class LensFit:
     hessian_ok: bool = True
     covariance_grid: Optional[np.ndarray] = None
     params_std_curvature: Optional[dict] = None
+    posterior: Optional[PosteriorSamples] = None
 
     @property
     def chi2_per_pixel(self) -> float:
@@ -1386,6 +1415,27 @@ def _grid_systematics(prob: _Problem, stage: _Stage, x: np.ndarray, cov: np.ndar
     return S.T @ S / len(S)
 
 
+def _posterior(prob: _Problem, stage: _Stage, space: _Space, x: np.ndarray, cov: np.ndarray, bounds,
+               config: FitConfig) -> PosteriorSamples:
+    """emcee samples of the log evidence (``stage``: lam fixed) from the curvature's Gaussian about
+    ``x``, returned in the reported parameters (angles unwrapped about ``x``'s)."""
+    post = sample_posterior(lambda p: prob.log_evidence(p, stage), x, cov, bounds, space.names,
+                            steps=config.posterior_steps, walkers=config.posterior_walkers)
+    best = space.report(x)
+    keys = list(best)
+    values = np.empty((len(post.samples), len(keys)))
+    for n, p in enumerate(post.samples):
+        r = space.report(p)
+        values[n] = [best[k] + _wrap_angle(r[k] - best[k]) if k in ("phi", "gamma_phi") else r[k] for k in keys]
+    return replace(post, names=tuple(keys), samples=values)
+
+
+def _posterior_std(post: PosteriorSamples, grid_std: Optional[dict]) -> dict[str, float]:
+    """The samples' standard deviations, with the grid term's added in quadrature."""
+    std = post.samples.std(axis=0, ddof=1)
+    return {k: float(math.hypot(s, 0.0 if grid_std is None else grid_std[k])) for k, s in zip(post.names, std)}
+
+
 def _report_std(space: _Space, x: np.ndarray, cov: np.ndarray) -> dict[str, float]:
     """Standard deviations of the reported parameters (delta method, numerical Jacobian)."""
     base = space.report(x)
@@ -1583,7 +1633,7 @@ def fit_lens(image: np.ndarray, sigma: Union[float, np.ndarray], image_grid: Ima
         timings["refine"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        cov, hessian_ok, cov_grid, std_curvature = None, True, None, None
+        cov, hessian_ok, cov_grid, std_curvature, posterior = None, True, None, None, None
         params_std = {k: math.nan for k in space.report(x)}
         if config.uncertainties:
             if quad is None:
@@ -1602,6 +1652,10 @@ def fit_lens(image: np.ndarray, sigma: Union[float, np.ndarray], image_grid: Ima
                                              config.grid_systematics)
                 cov = cov + cov_grid
             params_std = _report_std(space, x, cov) if cov_grid is not None else std_curvature
+            if config.posterior_steps and np.all(np.isfinite(cov)):
+                posterior = _posterior(prob, replace(stage, name="posterior"), space, x,
+                                       cov if cov_grid is None else cov - cov_grid, bounds, config)
+                params_std = _posterior_std(posterior, None if cov_grid is None else _report_std(space, x, cov_grid))
         timings["uncertainties"] = time.perf_counter() - t
 
         lens = space.lens(x)
@@ -1622,4 +1676,4 @@ def fit_lens(image: np.ndarray, sigma: Union[float, np.ndarray], image_grid: Ima
                    light_q=geo.light_q if lens_light is not None else None,
                    light_phi=geo.light_phi if lens_light is not None else None, mask=use,
                    evaluations=dict(prob.evaluations), timings=timings, hessian_ok=hessian_ok,
-                   covariance_grid=cov_grid, params_std_curvature=std_curvature)
+                   covariance_grid=cov_grid, params_std_curvature=std_curvature, posterior=posterior)

@@ -58,6 +58,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import io
 import logging
 import math
 import re
@@ -82,7 +83,8 @@ from lensinv.psf import kernel_fwhm, negative_flux_fraction  # noqa: E402
 
 LENS_KEYS = ("theta_E", "q", "phi", "gamma", "gamma_phi", "center_x", "center_y")
 #: the files of a result: an --out folder holding one of them is not overwritten without --overwrite
-RESULT_FILES = ("source.fits", "model.fits", "fit.json", "fit.png", "reconstruction.png")
+RESULT_FILES = ("source.fits", "model.fits", "fit.json", "fit.png", "reconstruction.png", "posterior.csv",
+                "posterior.png")
 #: the RIM refuses images covering less than this fraction of its field per side, or with fewer pixels
 RIM_MIN_COVERAGE = 0.5
 RIM_MIN_PIXELS = 16
@@ -427,6 +429,9 @@ def main(argv: list[str] | None = None) -> int:
                          "cost grows with the pixels: a ring of radius R needs about 2.5 R + the PSF)")
     ap.add_argument("--profile", choices=PROFILES, default=None,
                     help="mass profile of the lens fit (default SIE; needs no --lens)")
+    ap.add_argument("--no-shear", action="store_true",
+                    help="fit the mass profile alone, without an external shear (as e.g. SLACS' SIE models; "
+                         "needs no --lens)")
     ap.add_argument("--lens-light", action="store_true",
                     help="model the lens galaxy's light jointly (multi-Gaussian expansion, linear amplitudes)")
     ap.add_argument("--method", choices=["rim", "warren-dye", "rim+wd"], default="rim",
@@ -449,6 +454,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="source pixels per side (default 64, or the fit's; for the RIM, the model's)")
     ap.add_argument("--source-fov", type=positive_float, default=None,
                     help="arcsec (default 1.5, or for warren-dye without --lens, the fit's)")
+    ap.add_argument("--posterior-steps", type=int_at_least(0), default=0,
+                    help="with the lens fitted: sample its posterior with emcee (baselines.posterior), this many "
+                         "steps of 2 x parameters + 2 walkers from the curvature's Gaussian (walkers x steps "
+                         "full-resolution evaluations); lens_std is then the samples' spread; writes posterior.csv "
+                         "and posterior.png. Default 0: the curvature's (Laplace) uncertainties")
     ap.add_argument("--out", type=Path, required=True, help="result folder (created)")
     ap.add_argument("--overwrite", action="store_true", help="replace an earlier result in --out")
     ap.add_argument("-v", "--verbose", action="store_true",
@@ -488,6 +498,12 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("argument --lens-light: needs a Warren-Dye inversion; use --method warren-dye or rim+wd")
     if args.lens is not None and args.profile is not None:
         ap.error("argument --profile: the lens is given (--lens, an SIE), not fitted; omit one of them")
+    if args.no_shear and args.lens is not None:
+        ap.error("argument --no-shear: the lens is given (--lens), not fitted; omit one of them")
+    if args.posterior_steps and args.lens is not None:
+        ap.error("argument --posterior-steps: the lens is given (--lens), not fitted; omit one of them")
+    if args.posterior_steps == 1:
+        ap.error("argument --posterior-steps: 0 (no sampling) or at least 2")
     if args.lens is not None:
         try:
             args.lens_model = parse_lens(args.lens)
@@ -613,12 +629,15 @@ def run(args) -> int:
         cfg = FIT_CONFIG if FIT_CONFIG is not None else FitConfig()
         if args.source_n is not None and args.method == "warren-dye":
             cfg = dataclasses.replace(cfg, source_n=args.source_n)
+        if args.posterior_steps:
+            cfg = dataclasses.replace(cfg, posterior_steps=args.posterior_steps)
         src_grid = None
         if args.method == "warren-dye" and args.source_fov is not None:
             src_grid = lensinv.SourceGrid(cfg.source_n, args.source_fov)
         bar = _Progress()
         try:
             fit = baselines.fit_lens(sq_img, sq_sig, sq_grid, fit_kernel, mask=sq_use, profile=args.profile,
+                                     shear=not args.no_shear,
                                      lens_light=baselines.MGELight() if args.lens_light else None,
                                      source_grid=src_grid, regularization=args.regularization, config=cfg,
                                      progress=bar)
@@ -627,7 +646,8 @@ def run(args) -> int:
         dx, dy = cutout_offset(image.shape, scale)
         lens = shift_lens(fit.lens, dx, dy)  # from the image's centre, as --lens is
         p = dict(fit.params, center_x=fit.params["center_x"] + dx, center_y=fit.params["center_y"] + dy)
-        print(f"lens fit ({args.profile}{' + lens light' if args.lens_light else ''}): theta_E {p['theta_E']:.4f}, "
+        described = args.profile + ("" if args.no_shear else " + shear") + (" + lens light" if args.lens_light else "")
+        print(f"lens fit ({described}): theta_E {p['theta_E']:.4f}, "
               f"q {p['q']:.3f}, centre ({p['center_x']:.3f}, {p['center_y']:.3f}) arcsec; chi2/N "
               f"{fit.chi2_per_pixel:.3f} over {fit.n_pixels} pixels; {fit.timings['total']:.1f} s", file=sys.stderr)
         if not fit.hessian_ok:
@@ -723,6 +743,8 @@ def run(args) -> int:
 
     write_source(args.out, source, source_grid, grid.pixel_scale, args.method, fit is not None, params, extra)
     write_text_atomic(args.out / "fit.json", json.dumps(result, indent=2) + "\n")
+    if fit is not None and fit.posterior is not None:
+        write_posterior(args.out, fit.posterior, (dx, dy), params)
 
     resid = np.where(fitted, (image - model_image) / sigma, np.nan)
     coherence = write_model(args.out, model_image, light_img, resid, fitted, sigma, kernel, grid.pixel_scale)
@@ -852,6 +874,51 @@ def brightness_norm(values: np.ndarray, sigma: np.ndarray) -> matplotlib.colors.
                                        vmax=float(np.percentile(values, 99.9)))
 
 
+def write_posterior(out: Path, post, offset: tuple[float, float], best: dict) -> None:
+    """``out/posterior.csv`` (the samples, centres from the image's centre as in fit.json, and
+    their log posterior) and ``out/posterior.png`` (their pairs and histograms, the best fit
+    marked), both atomic; the sampler's diagnostics on stderr."""
+    values = post.samples.copy()
+    names = list(post.names)
+    for k, d in zip(("center_x", "center_y"), offset):
+        values[:, names.index(k)] += d
+    buf = io.StringIO()
+    buf.write(",".join(names + ["log_posterior"]) + "\n")
+    np.savetxt(buf, np.column_stack([values, post.log_posterior]), delimiter=",", fmt="%.8g")
+    write_text_atomic(out / "posterior.csv", buf.getvalue())
+    shown = [j for j, k in enumerate(names) if np.ptp(values[:, j]) > 0]  # e.g. no shear: gamma is 0
+    k = len(shown)
+    fig, axes = plt.subplots(k, k, figsize=(1.7 * k + 1, 1.7 * k + 1), squeeze=False)
+    for a, i in enumerate(shown):
+        for b, j in enumerate(shown):
+            ax = axes[a, b]
+            if b > a:
+                ax.axis("off")
+                continue
+            if a == b:
+                ax.hist(values[:, i], bins=30, color="0.4")
+                ax.axvline(best[names[i]], color="C3")
+            else:
+                ax.plot(values[:, j], values[:, i], ",", color="0.3", alpha=0.5)
+                ax.plot(best[names[j]], best[names[i]], "+", color="C3", ms=8)
+            ax.tick_params(labelsize=6)
+            if a == k - 1:
+                ax.set_xlabel(names[j], fontsize=8)
+            if b == 0 and a > 0:
+                ax.set_ylabel(names[i], fontsize=8)
+    fig.suptitle(f"posterior: {post.walkers} walkers x {post.steps} steps ({post.burn} burn-in), "
+                 f"acceptance {post.acceptance_fraction:.2f}", fontsize=9)
+    fig.tight_layout()
+    with atomic_write(out / "posterior.png") as f:
+        fig.savefig(f, format="png", dpi=90)
+    plt.close(fig)
+    tau = post.autocorr_steps
+    tau_text = f"up to {np.max(tau):.1f} steps" if np.all(np.isfinite(tau)) else "not measurable"
+    print(f"posterior: {len(values)} samples (acceptance {post.acceptance_fraction:.2f}, autocorrelation {tau_text}"
+          f"{'' if post.converged else ': too short a chain for stable errors'}); wrote posterior.csv and "
+          "posterior.png", file=sys.stderr)
+
+
 def save_figure(path: Path, panels: list) -> None:
     """One row of panels, written atomically as a PNG. A panel is ``(image, extent, title, imshow
     keywords)``, or a callable drawing on its axes."""
@@ -874,7 +941,7 @@ def save_figure(path: Path, panels: list) -> None:
 # -- interferometric data ------------------------------------------------------------------------
 #: flags of imaging data that --visibilities does not take
 IMAGING_ONLY = ("noise", "sigma", "psf", "psf_fwhm", "mask", "mask_circle", "mask_annulus", "psf_size", "crop",
-                "profile", "lens_light", "shard")
+                "profile", "no_shear", "lens_light", "shard", "posterior_steps")
 
 
 def main_visibilities(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:

@@ -81,9 +81,16 @@ def test_fit_finds_lens_without_guess_and_ignores_bad_pixels():
     image.flat[bad] = 1e4 * sigma  # garbage where the noise map says "masked"
     image.flat[bad[:5]] = np.nan
     calls = []
-    fit = fit_lens(image, noise, IG, PSF, config=FAST, progress=calls.append)
+    # with a short emcee run from the curvature's Gaussian (16 walkers x 10 steps)
+    fit = fit_lens(image, noise, IG, PSF, config=replace(FAST, posterior_steps=10), progress=calls.append)
     assert fit.n_pixels == IG.size - 40 and not fit.mask.flat[bad].any()
     _check_lens(fit)
+    post = fit.posterior
+    assert post.names == tuple(fit.params) and post.samples.shape == (16 * 5, 7) and fit.evaluations["posterior"] >= 160
+    assert abs(np.median(post.samples[:, 0]) / TRUE["theta_E"] - 1) < 0.01
+    # params_std: the samples' spread with the source grid's term added in quadrature
+    spread = post.samples.std(axis=0, ddof=1)
+    assert all(0 < s <= fit.params_std[k] for k, s in zip(post.names, spread))
     assert set(fit.params) == {"theta_E", "q", "phi", "center_x", "center_y", "gamma", "gamma_phi"}
     assert fit.hessian_ok and np.all(np.isfinite(list(fit.params_std.values())))
     assert 0.8 < fit.chi2_per_pixel < 1.2
@@ -197,6 +204,10 @@ def test_fit_config_and_inputs_validated():
         FitConfig(source_n=2)
     with pytest.raises(ValueError, match="coarse_pixel"):
         FitConfig(coarse_pixel=-0.1)
+    for bad in (dict(posterior_steps=1), dict(posterior_steps=-5), dict(posterior_walkers=17),
+                dict(posterior_steps=10, uncertainties=False)):
+        with pytest.raises(ValueError, match="posterior"):
+            FitConfig(**bad)
     image = np.zeros(IG.shape)
     with pytest.raises(ValueError, match="profile"):
         fit_lens(image, 1.0, IG, profile="NFW")

@@ -94,7 +94,8 @@ def test_fit_without_lens_writes_fit_json(rec, sim, tmp_path, capsys):
     handlers = list(logging.getLogger().handlers)
     t = time.perf_counter()
     assert rec.main(_files(tmp_path, image, np.full(image.shape, sigma)) + ["--method", "warren-dye",
-                                                                          "--out", str(out), "-v"]) == 0
+                                                                          "--out", str(out), "-v",
+                                                                          "--posterior-steps", "6"]) == 0
     assert logging.getLogger().handlers == handlers  # -v's handler is gone after the run
     wall = time.perf_counter() - t
     err = capsys.readouterr().err
@@ -112,6 +113,14 @@ def test_fit_without_lens_writes_fit_json(rec, sim, tmp_path, capsys):
     h = fits.getheader(out / "source.fits")
     assert h["FITTED"] and math.isclose(h["THETA_E"], r["lens"]["theta_E"])
     assert (out / "fit.png").stat().st_size > 0 and not list(out.glob("*.tmp*"))
+    # --posterior-steps: 16 walkers x 6 steps, the last 3 kept; lens_std is their spread (plus the grid term)
+    post = np.genfromtxt(out / "posterior.csv", delimiter=",", names=True)
+    assert set(post.dtype.names) == LENS_KEYS | {"log_posterior"} and len(post) == 16 * 3
+    for k in ("theta_E", "center_x", "center_y"):  # centres from the image's centre, as in fit.json
+        assert abs(np.median(post[k]) - r["lens"][k]) < 3 * r["lens_std"][k]
+        assert 0 < np.std(post[k], ddof=1) <= r["lens_std"][k] * (1 + 1e-6)
+    assert np.all(post["log_posterior"] <= np.max(post["log_posterior"]))
+    assert (out / "posterior.png").stat().st_size > 5000 and "posterior: 48 samples" in err
     with fits.open(out / "model.fits") as hdul:  # the model, the residuals and how coherent they are
         mask = hdul["MASK"].data.astype(bool)
         resid = hdul["RESIDUAL"].data
@@ -255,6 +264,10 @@ def test_bad_flags_exit_2_before_the_work(rec, sim, tmp_path, capsys, monkeypatc
     _refused(rec, base + ["--method", "warren-dye", "--profile", "EPL", "--lens", LENS], capsys, "--profile")
     _refused(rec, base + ["--method", "rim", "--lens-light"], capsys, "--lens-light")
     _refused(rec, base + ["--method", "warren-dye", "--lens", "theta_E=x"], capsys, "--lens", "theta_E")
+    _refused(rec, base + ["--method", "warren-dye", "--lens", LENS, "--posterior-steps", "5"], capsys,
+             "--posterior-steps")
+    _refused(rec, base + ["--method", "warren-dye", "--posterior-steps", "1"], capsys, "--posterior-steps")
+    _refused(rec, base + ["--method", "warren-dye", "--posterior-steps", "-2"], capsys, "--posterior-steps")
     monkeypatch.undo()
     fits.PrimaryHDU(np.zeros((10, 10))).writeto(tmp_path / "small.fits")
     _refused(rec, base + ["--method", "warren-dye", "--mask", str(tmp_path / "small.fits")], capsys, "--mask", "shape")
@@ -337,6 +350,21 @@ def test_epl_profile_reports_its_slope(rec, sim, tmp_path, monkeypatch):
     assert abs(r["lens"]["slope"] - 2.0) < 0.2 and abs(r["lens"]["theta_E"] / TRUE["theta_E"] - 1) < 0.03, r["lens"]
     h = fits.getheader(out / "source.fits")
     assert h["PROFILE"] == "EPL" and math.isclose(h["SLOPE"], r["lens"]["slope"])
+
+
+def test_no_shear_fits_the_mass_profile_alone(rec, sim, tmp_path, monkeypatch, capsys):
+    """--no-shear: an SIE alone (the simulated shear of 0.03 is left unmodelled)."""
+    monkeypatch.setattr(rec, "FIT_CONFIG", dataclasses.replace(QUICK, uncertainties=False))
+    image, sigma = sim
+    out = tmp_path / "r"
+    assert rec.main(_files(tmp_path, image, np.full(image.shape, sigma)) + ["--no-shear", "--method",
+                                                                          "warren-dye", "--out", str(out)]) == 0
+    r = _load(out)
+    assert r["lens"]["gamma"] == 0 and r["lens"]["gamma_phi"] == 0
+    assert abs(r["lens"]["theta_E"] / TRUE["theta_E"] - 1) < 0.03, r["lens"]
+    assert "lens fit (SIE):" in capsys.readouterr().err
+    _refused(rec, _files(tmp_path, image, np.full(image.shape, sigma)) + ["--no-shear", "--lens", LENS, "--out",
+                                                                         str(tmp_path / "s")], capsys, "--no-shear")
 
 
 def test_crop_keeps_the_centre(rec):
