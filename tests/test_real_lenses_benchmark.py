@@ -49,14 +49,22 @@ def test_outcomes_against_published_values(real, tmp_path):
     _result(tmp_path / "slacs1430", 1.40, 0.8, coherence=None)  # 7.9% low: outside 3%
     _result(tmp_path / "euclid", 0.80, 0.54)  # R = 0.80 * 1.54 / (2 sqrt 0.54) = 0.838: inside
     _result(tmp_path / "sl2s", 1.2, 0.9)
-    rows = [real.outcome(by[n], tmp_path / n) for n in ("slacs2303", "slacs1430", "euclid", "sl2s")]
-    assert [o.within for o in rows] == [True, False, True, None]
+    _result(tmp_path / "slacs1430+shear", 1.40, 0.8)  # SIE + shear: not SLACS' model, not compared
+    names = ("slacs2303", "slacs1430", "euclid", "sl2s", "slacs1430+shear")
+    rows = [real.outcome(by[n], tmp_path / n) for n in names]
+    assert [o.within for o in rows] == [True, False, True, None, None]
+    # the rows compared with SLACS fit its model, an SIE without shear; the "+shear" rows the default
+    assert "--no-shear" in by["slacs2303"].flags and "--no-shear" in by["slacs1430"].flags
+    assert "--no-shear" not in by["slacs1430+shear"].flags and by["slacs1430+shear"].lo is None
+    assert set(by["slacs1430"].flags) - {"--no-shear"} == set(by["slacs1430+shear"].flags)
+    assert rows[0].gamma == 0.02 and rows[0].log_evidence == 5.0
     assert rows[2].compared == pytest.approx(0.8 * 1.54 / (2 * math.sqrt(0.54)))
     assert rows[0].compared == 1.60 and rows[0].wall_s == 321.0 and rows[0].coherence_mean_z2 == 1.1
     assert rows[1].coherence_mean_z2 is None and rows[1].coherence_relative is None
     assert rows[0].coherence_relative == 0.9
     text = real.table(rows)
-    assert text.count("\n") == 6 and "**no**" in text and "| sl2s | 1.2000 +- 0.0100 |" in text and "| 0.90 | 321 |" in text
+    assert text.count("\n") == 7 and "**no**" in text and "| sl2s | 1.2000 +- 0.0100 |" in text and "| 0.90 | 321 |" in text
+    assert "| 0.020 | 5.0 | 1.020 |" in text  # shear, log evidence, chi2/N
 
 
 def test_flags_refused(real, tmp_path, capsys):
