@@ -17,7 +17,8 @@ request, samples their posterior with emcee (:func:`sample_posterior`, :mod:`bas
 
 from .evidence import EvidenceSearch, Prior, restricted_prior, search_evidence
 from .inversion import SELECTIONS, InversionResult, invert, invert_by_evidence
-from .lens_fit import FitConfig, FitProgress, LensFit, MGELight, annular_mask, bad_pixel_mask, fit_lens
+from .lens_fit import (FitConfig, FitProgress, LensFit, LightFit, MGELight, annular_mask, bad_pixel_mask, fit_lens,
+                       fit_light)
 from .masks import arc_mask, region_mask, sky_offsets
 from .normal_equations import NormalEquations, normal_equations
 from .posterior import PosteriorSamples, sample_posterior
@@ -26,10 +27,10 @@ from .solvers import NotPositiveDefiniteError, have_cholmod
 from .warren_dye import warren_dye_setup
 
 __all__ = ["Curvature", "EvidenceSearch", "FORMS", "FitConfig", "FitProgress", "Gradient", "InversionResult",
-           "LensFit", "MGELight", "NormalEquations", "NotPositiveDefiniteError", "PosteriorSamples", "Prior",
+           "LensFit", "LightFit", "MGELight", "NormalEquations", "NotPositiveDefiniteError", "PosteriorSamples", "Prior",
            "Regularization", "SELECTIONS",
            "Zeroth",
-           "annular_mask", "arc_mask", "bad_pixel_mask", "fit_lens", "have_cholmod", "invert", "invert_by_evidence",
+           "annular_mask", "arc_mask", "bad_pixel_mask", "fit_lens", "fit_light", "have_cholmod", "invert", "invert_by_evidence",
            "normal_equations", "region_mask", "regularization_matrix", "restricted_prior", "sample_posterior",
            "search_evidence",
            "sky_offsets", "warren_dye_setup"]

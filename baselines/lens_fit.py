@@ -96,7 +96,8 @@ from .solvers import NotPositiveDefiniteError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FitConfig", "FitProgress", "LensFit", "MGELight", "annular_mask", "bad_pixel_mask", "fit_lens"]
+__all__ = ["FitConfig", "FitProgress", "LensFit", "LightFit", "MGELight", "annular_mask", "bad_pixel_mask", "fit_lens",
+           "fit_light"]
 
 #: noise values at least this many times the median mark masked pixels (DESIGN.md)
 HUGE_NOISE_FACTOR = 1e6
@@ -1490,6 +1491,108 @@ def _full_amplitudes(light: MGELight, columns: Optional[np.ndarray], amplitudes:
     return out
 
 
+@dataclass(frozen=True)
+class LightFit:
+    """The lens galaxy's light fitted alone (:func:`fit_light`; the geometry stage of
+    :func:`fit_lens`).
+
+    Attributes
+    ----------
+    center : tuple of float
+        The light's centre (arcsec, from the grid's centre).
+    q, phi : tuple of float
+        Axis ratio and angle (radians) per group of the basis (``MGELight.groups``).
+    columns : ndarray
+        ``(MGELight.n_columns,)`` bool: the basis columns the non-negative fit kept (the sky's
+        always); the others stay out of a joint inversion, as in :func:`fit_lens`.
+    arcs : ndarray
+        ``(n, n)`` bool: the significant residual light it left (lensed arcs, neighbours).
+    """
+
+    center: tuple
+    q: tuple
+    phi: tuple
+    columns: np.ndarray
+    arcs: np.ndarray
+
+    def basis(self, light: "MGELight", image_grid: ImageGrid, center: tuple[float, float],
+              psf: Optional[np.ndarray]) -> np.ndarray:
+        """The kept columns of ``light``'s basis with these shapes about ``center`` (e.g. a given
+        lens's centre, where :func:`fit_lens` centres the light in the joint inversion)."""
+        return np.ascontiguousarray(light.basis(image_grid, center, psf, self.q, self.phi)[:, self.columns])
+
+
+def _prepared(image: np.ndarray, sigma: Union[float, np.ndarray], image_grid: ImageGrid, psf: Optional[np.ndarray],
+              mask: Optional[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray, Optional[np.ndarray]]:
+    """Validated inputs: flat data and noise (masked pixels hold finite placeholders, never used:
+    their weight is zero), the ``(n, n)`` mask of pixels used (bad pixels and ``mask``) and the
+    validated PSF."""
+    img = np.asarray(image, dtype=np.float64)
+    if img.shape != image_grid.shape:
+        raise ValueError(f"image must have the grid's shape {image_grid.shape}, got {img.shape}")
+    sig_raw = np.asarray(sigma, dtype=np.float64)
+    if sig_raw.ndim != 0 and sig_raw.shape != img.shape:
+        raise ValueError(f"sigma must be a scalar or have the image's shape {img.shape}, got {sig_raw.shape}")
+    use = bad_pixel_mask(sig_raw, img)
+    if mask is not None:
+        m = np.asarray(mask)
+        if m.dtype != bool or m.shape != img.shape:
+            raise ValueError(f"mask must be a boolean array of the image's shape {img.shape}, "
+                             f"got {m.dtype} {m.shape}")
+        use &= m
+    if not use.any():
+        raise ValueError("mask leaves no pixels to fit")
+    n_bad = int((~bad_pixel_mask(sig_raw, img)).sum())
+    if n_bad:
+        log.info("%d pixels masked for non-finite or huge noise or non-finite data", n_bad)
+    sig = np.broadcast_to(sig_raw, img.shape).astype(np.float64)
+    img_c = np.where(use, img, 0.0).reshape(-1)
+    sig_c = np.where(use, sig, 1.0).reshape(-1)
+    kernel = None if psf is None else validate_kernel(psf)
+    return img_c, sig_c, use, kernel
+
+
+def fit_light(image: np.ndarray, sigma: Union[float, np.ndarray], image_grid: ImageGrid,
+              psf: Optional[np.ndarray] = None, *, mask: Optional[np.ndarray] = None,
+              lens_light: Optional[MGELight] = None, significance: float = 3.0) -> LightFit:
+    """Fit the lens galaxy's light alone, as :func:`fit_lens` does first: the centre and each
+    group's shape of ``lens_light`` (non-negative amplitudes), on every pixel and then without the
+    significant excess it leaves (the arcs). For a reconstruction with a given lens and the lens
+    light modelled, so that its light basis is the one a fit would use.
+
+    Parameters
+    ----------
+    image, sigma, image_grid, psf, mask
+        As for :func:`fit_lens`.
+    lens_light : MGELight, optional
+        The basis (default ``MGELight()``).
+    significance : float
+        As ``FitConfig.significance``.
+
+    Returns
+    -------
+    LightFit
+
+    Raises
+    ------
+    ValueError
+        Invalid inputs (naming the parameter), or no significant lensed light left by the light.
+    """
+    if not isinstance(image_grid, ImageGrid):
+        raise ValueError(f"image_grid must be an ImageGrid, got {type(image_grid).__name__}")
+    light = MGELight() if lens_light is None else lens_light
+    if not isinstance(light, MGELight):
+        raise ValueError(f"lens_light must be an MGELight or None, got {type(light).__name__}")
+    positive_float("significance", significance)
+    img_c, sig_c, use, kernel = _prepared(image, sigma, image_grid, psf, mask)
+    light_std = 100.0 * float(np.max(np.abs(img_c[use.reshape(-1)]))) or 1.0
+    prob = _Problem(img_c, sig_c, use.reshape(-1), image_grid, kernel, get_regularization("gradient"),
+                    _Space(True, False), light, (1.0,), (0.0,), light_std, None)
+    geo = _geometry(prob, significance)
+    return LightFit(center=geo.center, q=geo.light_q, phi=geo.light_phi, columns=np.asarray(geo.light_columns),
+                    arcs=geo.significant)
+
+
 def fit_lens(image: np.ndarray, sigma: Union[float, np.ndarray], image_grid: ImageGrid,
              psf: Optional[np.ndarray] = None, *, mask: Optional[np.ndarray] = None, profile: str = "SIE",
              shear: bool = True, lens_light: Optional[MGELight] = None, source_grid: Optional[SourceGrid] = None,
@@ -1550,29 +1653,7 @@ def fit_lens(image: np.ndarray, sigma: Union[float, np.ndarray], image_grid: Ima
     if not isinstance(config, FitConfig):
         raise ValueError(f"config must be a FitConfig, got {type(config).__name__}")
     form = get_regularization(regularization)
-    img = np.asarray(image, dtype=np.float64)
-    if img.shape != image_grid.shape:
-        raise ValueError(f"image must have the grid's shape {image_grid.shape}, got {img.shape}")
-    sig_raw = np.asarray(sigma, dtype=np.float64)
-    if sig_raw.ndim != 0 and sig_raw.shape != img.shape:
-        raise ValueError(f"sigma must be a scalar or have the image's shape {img.shape}, got {sig_raw.shape}")
-    use = bad_pixel_mask(sig_raw, img)
-    if mask is not None:
-        m = np.asarray(mask)
-        if m.dtype != bool or m.shape != img.shape:
-            raise ValueError(f"mask must be a boolean array of the image's shape {img.shape}, "
-                             f"got {m.dtype} {m.shape}")
-        use &= m
-    if not use.any():
-        raise ValueError("mask leaves no pixels to fit")
-    n_bad = int((~bad_pixel_mask(sig_raw, img)).sum())
-    if n_bad:
-        log.info("%d pixels masked for non-finite or huge noise or non-finite data", n_bad)
-    sig = np.broadcast_to(sig_raw, img.shape).astype(np.float64)
-    # masked pixels: finite placeholders (never used: their weight is zero)
-    img_c = np.where(use, img, 0.0).reshape(-1)
-    sig_c = np.where(use, sig, 1.0).reshape(-1)
-    kernel = None if psf is None else validate_kernel(psf)
+    img_c, sig_c, use, kernel = _prepared(image, sigma, image_grid, psf, mask)
     use_flat = use.reshape(-1)
     light_std = config.light_prior_std
     if lens_light is not None and light_std is None:

@@ -557,12 +557,16 @@ def run_batch(args: argparse.Namespace, folders: list[Path]) -> int:
     return 1 if failed else 0
 
 
-def _light_basis(grid: lensinv.ImageGrid, lens: lensinv.Lens, kernel, image: np.ndarray, use: np.ndarray):
-    """MGE lens-light columns about the given lens's centre (the mass's q, phi) and their prior std."""
-    from baselines import MGELight
+def _light_basis(grid: lensinv.ImageGrid, lens: lensinv.Lens, kernel, image: np.ndarray, sigma: np.ndarray,
+                 use: np.ndarray):
+    """MGE lens-light columns about the given lens's centre, with the shapes (and kept columns) of
+    the light fitted alone as the lens fit does (``baselines.fit_light``), and their prior std."""
+    from baselines import MGELight, fit_light
 
-    c = lens.components[0]
-    B = MGELight().basis(grid, (float(c.center[0]), float(c.center[1])), kernel, float(c.q), float(c.phi))
+    light = MGELight()
+    shapes = fit_light(image, sigma, grid, kernel, mask=use, lens_light=light)
+    c = lens.components[0].center
+    B = shapes.basis(light, grid, (float(c[0]), float(c[1])), kernel)
     std = 100.0 * float(np.max(np.abs(image[use]))) or 1.0
     return B, std
 
@@ -688,7 +692,7 @@ def run(args) -> int:
             fitted = baselines.arc_mask(image, sigma) & use
             kw = {}
             if args.lens_light:
-                B, std = _light_basis(grid, lens, kernel, image, fitted)
+                B, std = _light_basis(grid, lens, kernel, image, sigma, fitted)
                 kw = {"basis": B, "basis_std": std}
             res = baselines.invert_by_evidence(op, image, sigma, forms=("gradient", "curvature"), prior_mean=source,
                                                mask=fitted, select=args.rim_wd_select, **kw)
@@ -719,7 +723,7 @@ def run(args) -> int:
         fitted = baselines.arc_mask(image, sigma) & use
         kw = {}
         if args.lens_light:
-            B, std = _light_basis(grid, shift_lens(lens, -dx, -dy), kernel, image, fitted)
+            B, std = _light_basis(grid, shift_lens(lens, -dx, -dy), kernel, image, sigma, fitted)
             kw = {"basis": B, "basis_std": std}
         res = baselines.invert(op, image, sigma, regularization=args.regularization, mask=fitted, **kw)
         source, log_ev = res.source, float(res.log_evidence)

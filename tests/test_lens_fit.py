@@ -132,6 +132,28 @@ def test_fit_with_lens_light_recovers_lens_and_light():
 # fast pieces
 
 
+def test_fit_light_alone_finds_the_galaxy_and_leaves_the_arcs():
+    """fit_light (the geometry stage, public for a given lens): the light's centre and shape (an
+    n = 2 Sersic of q 0.8 at phi 0.3 under the arcs), columns kept, the arcs left as residual."""
+    image, sigma, light_img = _simulate(0, light=True)
+    fit = baselines.fit_light(image, sigma, IG, PSF)
+    assert math.hypot(fit.center[0] - TRUE["center_x"], fit.center[1] - TRUE["center_y"]) < 0.02
+    light = MGELight()
+    assert len(fit.q) == len(fit.phi) == light.groups
+    outer = light.groups - 1  # the wide Gaussians carry the galaxy's shape beyond its core
+    assert abs(fit.q[outer] - 0.8) < 0.1 and abs(math.remainder(fit.phi[outer] - 0.3, math.pi)) < 0.2, fit
+    assert fit.columns.dtype == bool and fit.columns.shape == (light.n_columns,) and fit.columns[-1]
+    B = fit.basis(light, IG, (TRUE["center_x"], TRUE["center_y"]), PSF)
+    assert B.shape == (IG.size, int(fit.columns.sum()))
+    # the arcs: where the lensed source is bright, not the galaxy's core
+    arcs_truth = (image - light_img) > 5 * sigma
+    assert (fit.arcs & arcs_truth).sum() > 0.5 * fit.arcs.sum()
+    with pytest.raises(ValueError, match="lens_light"):
+        baselines.fit_light(image, sigma, IG, PSF, lens_light="mge")
+    with pytest.raises(ValueError, match="significance"):
+        baselines.fit_light(image, sigma, IG, PSF, significance=0.0)
+
+
 def test_bad_pixel_mask_rules():
     sig = np.ones((4, 4))
     sig[0, 0], sig[0, 1], sig[0, 2], sig[0, 3], sig[1, 0] = np.nan, np.inf, 1e8, 0.0, 9e5
