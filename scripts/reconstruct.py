@@ -21,8 +21,11 @@ rim+wd takes that estimate as the prior mean of the uv-plane inversion.
 
 Without --lens the lens is fitted (``baselines.fit_lens``: evidence maximisation from no guess, a
 progress bar on stderr) on the largest centred square cut-out at the native scale, with --profile
-SIE|EPL and, with --lens-light, the lens galaxy's light modelled jointly (a multi-Gaussian
-expansion); rim and rim+wd then run the RIM with the fitted lens. Noise values that are
+SIE|EPL plus an external shear (--no-shear: the profile alone) and, with --lens-light, the lens
+galaxy's light modelled jointly (a multi-Gaussian expansion; with --lens, its shapes fitted to the
+light alone as the fit does); rim and rim+wd then run the RIM with the fitted lens. lens_std is
+the Laplace approximation plus the source grid's systematic part; --posterior-steps N samples the
+posterior with emcee instead (posterior.csv, posterior.png). Noise values that are
 non-finite or >= 1e6 times the median, non-finite data, non-zero pixels of --mask, discs of
 --mask-circle X,Y,R (interlopers; arcsec from the image's centre, repeatable) and pixels outside
 --mask-annulus R_IN,R_OUT are masked: never fitted (also with --lens).
