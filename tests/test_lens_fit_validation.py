@@ -68,6 +68,10 @@ def test_summary_rules(val):
     off = base | {"theta_E_fit": 1.02, "theta_E_std": 1.0}  # inside 3 sigma but 2% off: fails the 1% target
     s = val.summarise([off])
     assert not s.targets_met and s.fraction_within_3sigma == 1 and s.fraction_within_1pct_theta_E == 0
+    # the errors' calibration over the accurate fits alone: a miss outside its interval does not count
+    assert val.summarise([base, off]).fraction_accurate == 0.5
+    assert val.summarise([base, off | {"q_std": 1e-6, "q_fit": 1.01}]).fraction_within_3sigma_accurate == 1
+    assert math.isnan(val.summarise([off]).fraction_within_3sigma_accurate)
     nan_std = base | {"q_std": math.nan}  # an undetermined uncertainty counts as outside
     assert val.summarise([nan_std]).fraction_within_3sigma == pytest.approx(6 / 7)
     # angles are compared modulo pi
