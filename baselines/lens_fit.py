@@ -1507,6 +1507,9 @@ class LightFit:
         always); the others stay out of a joint inversion, as in :func:`fit_lens`.
     arcs : ndarray
         ``(n, n)`` bool: the significant residual light it left (lensed arcs, neighbours).
+    prior_std : float
+        The amplitudes' prior standard deviation :func:`fit_lens` would use by default
+        (``FitConfig.light_prior_std``: 100 times the largest absolute datum in the mask).
     """
 
     center: tuple
@@ -1514,12 +1517,19 @@ class LightFit:
     phi: tuple
     columns: np.ndarray
     arcs: np.ndarray
+    prior_std: float
 
     def basis(self, light: "MGELight", image_grid: ImageGrid, center: tuple[float, float],
               psf: Optional[np.ndarray]) -> np.ndarray:
         """The kept columns of ``light``'s basis with these shapes about ``center`` (e.g. a given
         lens's centre, where :func:`fit_lens` centres the light in the joint inversion)."""
         return np.ascontiguousarray(light.basis(image_grid, center, psf, self.q, self.phi)[:, self.columns])
+
+
+def _light_prior_std(data: np.ndarray, use: np.ndarray) -> float:
+    """The light amplitudes' default prior standard deviation: 100 times the largest absolute datum
+    used (1 where all are zero)."""
+    return 100.0 * float(np.max(np.abs(data[use]))) or 1.0
 
 
 def _prepared(image: np.ndarray, sigma: Union[float, np.ndarray], image_grid: ImageGrid, psf: Optional[np.ndarray],
@@ -1585,12 +1595,12 @@ def fit_light(image: np.ndarray, sigma: Union[float, np.ndarray], image_grid: Im
         raise ValueError(f"lens_light must be an MGELight or None, got {type(light).__name__}")
     positive_float("significance", significance)
     img_c, sig_c, use, kernel = _prepared(image, sigma, image_grid, psf, mask)
-    light_std = 100.0 * float(np.max(np.abs(img_c[use.reshape(-1)]))) or 1.0
+    light_std = _light_prior_std(img_c, use.reshape(-1))
     prob = _Problem(img_c, sig_c, use.reshape(-1), image_grid, kernel, get_regularization("gradient"),
                     _Space(True, False), light, (1.0,), (0.0,), light_std, None)
     geo = _geometry(prob, significance)
     return LightFit(center=geo.center, q=geo.light_q, phi=geo.light_phi, columns=np.asarray(geo.light_columns),
-                    arcs=geo.significant)
+                    arcs=geo.significant, prior_std=light_std)
 
 
 def fit_lens(image: np.ndarray, sigma: Union[float, np.ndarray], image_grid: ImageGrid,
@@ -1657,8 +1667,7 @@ def fit_lens(image: np.ndarray, sigma: Union[float, np.ndarray], image_grid: Ima
     use_flat = use.reshape(-1)
     light_std = config.light_prior_std
     if lens_light is not None and light_std is None:
-        light_std = 100.0 * float(np.max(np.abs(img_c[use_flat])))
-        light_std = light_std if light_std > 0 else 1.0
+        light_std = _light_prior_std(img_c, use_flat)
     timings: dict[str, float] = {}
     with _threads(config.blas_threads, config.numba_threads):
         prob = _Problem(img_c, sig_c, use_flat, image_grid, kernel, form, _Space(shear, False), lens_light,
@@ -1725,6 +1734,7 @@ def fit_lens(image: np.ndarray, sigma: Union[float, np.ndarray], image_grid: Ima
             if not hessian_ok:
                 log.warning("the curvature of the log evidence is not negative definite at the optimum: "
                             "uncertainties are from its clipped form")
+            cov_curvature = cov
             std_curvature = _report_std(space, x, cov)
             if config.grid_systematics and np.all(np.isfinite(cov)):
                 # lam fixed as in the refinement (each grid's evaluations then share one prior, all
@@ -1734,8 +1744,8 @@ def fit_lens(image: np.ndarray, sigma: Union[float, np.ndarray], image_grid: Ima
                 cov = cov + cov_grid
             params_std = _report_std(space, x, cov) if cov_grid is not None else std_curvature
             if config.posterior_steps and np.all(np.isfinite(cov)):
-                posterior = _posterior(prob, replace(stage, name="posterior"), space, x,
-                                       cov if cov_grid is None else cov - cov_grid, bounds, config)
+                posterior = _posterior(prob, replace(stage, name="posterior"), space, x, cov_curvature, bounds,
+                                       config)
                 params_std = _posterior_std(posterior, None if cov_grid is None else _report_std(space, x, cov_grid))
         timings["uncertainties"] = time.perf_counter() - t
 

@@ -569,9 +569,7 @@ def _light_basis(grid: lensinv.ImageGrid, lens: lensinv.Lens, kernel, image: np.
     light = MGELight()
     shapes = fit_light(image, sigma, grid, kernel, mask=use, lens_light=light)
     c = lens.components[0].center
-    B = shapes.basis(light, grid, (float(c[0]), float(c[1])), kernel)
-    std = 100.0 * float(np.max(np.abs(image[use]))) or 1.0
-    return B, std
+    return shapes.basis(light, grid, (float(c[0]), float(c[1])), kernel), shapes.prior_std
 
 
 def run(args) -> int:

@@ -143,6 +143,7 @@ def test_fit_light_alone_finds_the_galaxy_and_leaves_the_arcs():
     outer = light.groups - 1  # the wide Gaussians carry the galaxy's shape beyond its core
     assert abs(fit.q[outer] - 0.8) < 0.1 and abs(math.remainder(fit.phi[outer] - 0.3, math.pi)) < 0.2, fit
     assert fit.columns.dtype == bool and fit.columns.shape == (light.n_columns,) and fit.columns[-1]
+    assert fit.prior_std == pytest.approx(100 * np.max(np.abs(image)))  # fit_lens's default
     B = fit.basis(light, IG, (TRUE["center_x"], TRUE["center_y"]), PSF)
     assert B.shape == (IG.size, int(fit.columns.sum()))
     # the arcs: where the lensed source is bright, not the galaxy's core
