@@ -7,12 +7,15 @@ image, noise and PSF, and reports per parameter how far the fit is from the trut
 truth lies inside the reported 3-sigma interval.
 
     python benchmarks/lens_fit_validation.py --n 20 --out results/lens_fit_validation [--shard i/k]
+        [--source-n N]
 
 Targets (issue 14): theta_E within 1%, q within 0.03, centre within 0.02 arcsec, and the true values
 inside the reported 3-sigma intervals for >= 90% of parameters. Resumable: ``lenses.csv`` is
 rewritten atomically after every lens and lenses already in it are skipped; ``--shard i/k`` fits
 the indices ``j % k == i`` into ``lenses.<i>of<k>.csv``; a run without ``--shard`` fits what no
-file of the folder holds yet and summarises every ``lenses*.csv``. Writes ``summary.json`` and ``zscores.png``.
+file of the folder holds yet and summarises every ``lenses*.csv``. ``--source-n`` sets the
+refinement's source-grid side (``FitConfig.source_n``; bright sources are under-resolved on the
+default 32); each row records it, and a folder holding rows of another side is refused. Writes ``summary.json`` and ``zscores.png``.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
@@ -79,14 +82,22 @@ def difference(name: str, fit: float, true: float) -> float:
     return d
 
 
-def fit_one(index: int, seed: int, config) -> dict[str, float]:
-    """Simulate lens ``index`` and fit it with the lens unknown; one CSV row."""
+def fit_config(source_n: int | None = None) -> FitConfig:
+    """The fit's settings: ``FIT_CONFIG`` (default ``FitConfig()``), with ``source_n`` where given."""
+    cfg = FIT_CONFIG if FIT_CONFIG is not None else FitConfig()
+    return cfg if source_n is None else replace(cfg, source_n=source_n)
+
+
+def fit_one(index: int, seed: int, config, fit_cfg: FitConfig | None = None) -> dict[str, float]:
+    """Simulate lens ``index`` and fit it with the lens unknown (settings ``fit_cfg``, default
+    :func:`fit_config`); one CSV row."""
+    fit_cfg = fit_config() if fit_cfg is None else fit_cfg
     obs = simulate(index, seed, config)
     t0 = time.perf_counter()
-    fit = fit_lens(obs.image, obs.sigma, obs.image_grid, obs.psf,
-                   config=FIT_CONFIG if FIT_CONFIG is not None else FitConfig())
+    fit = fit_lens(obs.image, obs.sigma, obs.image_grid, obs.psf, config=fit_cfg)
     row = {"index": index, "wall_s": time.perf_counter() - t0, "chi2_per_pixel": fit.chi2_per_pixel,
-           "hessian_ok": int(fit.hessian_ok), "snr": obs.snr, "psf_fwhm": obs.psf_fwhm}
+           "hessian_ok": int(fit.hessian_ok), "snr": obs.snr, "psf_fwhm": obs.psf_fwhm,
+           "source_n": fit_cfg.source_n}
     true = truth_params(obs.lens)
     stat = fit.params_std_curvature or {k: math.nan for k in PARAMS}
     for k in PARAMS:
@@ -104,7 +115,8 @@ def read_rows(path: Path) -> list[dict[str, float]]:
 
 def write_rows(path: Path, rows: list[dict[str, float]]) -> None:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    names = list(dict.fromkeys(k for r in rows for k in r))  # rows of older versions lack columns
+    w = csv.DictWriter(buf, fieldnames=names, restval="nan")
     w.writeheader()
     w.writerows(sorted(rows, key=lambda r: r["index"]))
     write_text_atomic(path, buf.getvalue())
@@ -163,7 +175,10 @@ def main(argv: list[str] | None = None) -> int:
                                                               if v.interferometer is None and v.snr is not None])
     ap.add_argument("--out", type=Path, required=True, help="output folder (created; resumed if present)")
     ap.add_argument("--shard", type=shard_spec, default=None, help="fit only indices j %% k == i")
+    ap.add_argument("--source-n", type=int_at_least(2), default=None,
+                    help="the refinement's source-grid side (default FitConfig's, 32)")
     args = ap.parse_args(argv)
+    fit_cfg = fit_config(args.source_n)
     config = simulation_config(args.preset)
     if PRESET_OVERRIDE is not None:
         config = PRESET_OVERRIDE(config)
@@ -172,10 +187,14 @@ def main(argv: list[str] | None = None) -> int:
     path = args.out / ("lenses.csv" if args.shard is None else f"lenses.{i}of{k}.csv")
     rows = read_rows(path)
     fitted = {int(r["index"]): r for p in sorted(args.out.glob("lenses*.csv")) for r in read_rows(p)}  # any shard's
+    other = sorted({int(r["source_n"]) for r in fitted.values() if math.isfinite(r.get("source_n", math.nan))} - {fit_cfg.source_n})
+    if other:
+        ap.error(f"--source-n {fit_cfg.source_n}: {args.out} holds lenses fitted with source_n {other}; "
+                 f"use another --out")
     todo = [j for j in range(args.n) if j % k == i and j not in fitted]
     print(f"{len(fitted)} lenses already fitted in {args.out}; fitting {len(todo)} into {path.name}", flush=True)
     for j in todo:
-        row = fit_one(j, args.seed, config)
+        row = fit_one(j, args.seed, config, fit_cfg)
         rows.append(row)
         fitted[j] = row
         write_rows(path, rows)

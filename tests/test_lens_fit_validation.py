@@ -45,6 +45,7 @@ def test_fit_resume_shard_and_summary(val, tmp_path, capsys):
     # the curvature's part alone is never larger than the total (which adds the grid's)
     assert all(0 < r[f"{k}_std_curvature"] <= r[f"{k}_std"] * (1 + 1e-9) for k in val.PARAMS)
     assert r["wall_s"] > 0 and r["chi2_per_pixel"] > 0.5
+    assert r["source_n"] == 14  # the settings' source grid, recorded
     # a second run of the shard fits nothing, nor does the unsharded run, which summarises
     capsys.readouterr()
     assert val.main(["--n", "1", "--out", str(out), "--shard", "0/2"]) == 0
@@ -79,3 +80,20 @@ def test_summary_rules(val):
     assert val.difference("q", 0.9, 0.8) == pytest.approx(0.1)
     with pytest.raises(SystemExit):
         val.main(["--n", "2", "--out", "x", "--shard", "2/2"])
+
+
+def test_source_n_is_recorded_and_a_folder_of_another_is_refused(val, tmp_path, capsys):
+    """``--source-n`` sets the fit's source grid; a folder holding lenses fitted on another is not
+    resumed (their rows would mix into one summary), one of an older version (no column) is."""
+    out = tmp_path / "v"
+    out.mkdir()
+    row = {"index": 0.0, "wall_s": 1.0, "source_n": 14.0}
+    val.write_rows(out / "lenses.csv", [row])
+    with pytest.raises(SystemExit):
+        val.main(["--n", "1", "--out", str(out), "--source-n", "20"])
+    assert "source_n [14]" in capsys.readouterr().err
+    assert val.fit_config(20).source_n == 20 and val.fit_config().source_n == 14
+    # rows without the column (older files) and with it are written together
+    val.write_rows(out / "lenses.csv", [{"index": 1.0, "wall_s": 2.0}, row])
+    back = val.read_rows(out / "lenses.csv")
+    assert back[0]["source_n"] == 14.0 and math.isnan(back[1]["source_n"])
