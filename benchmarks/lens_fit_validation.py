@@ -13,9 +13,10 @@ Targets (issue 14): theta_E within 1%, q within 0.03, centre within 0.02 arcsec,
 inside the reported 3-sigma intervals for >= 90% of parameters. Resumable: ``lenses.csv`` is
 rewritten atomically after every lens and lenses already in it are skipped; ``--shard i/k`` fits
 the indices ``j % k == i`` into ``lenses.<i>of<k>.csv``; a run without ``--shard`` fits what no
-file of the folder holds yet and summarises every ``lenses*.csv``. ``--source-n`` sets the
-refinement's source-grid side (``FitConfig.source_n``; bright sources are under-resolved on the
-default 32); each row records it, and a folder holding rows of another side is refused. Writes ``summary.json`` and ``zscores.png``.
+file of the folder holds yet and summarises every ``lenses*.csv``. Writes ``summary.json`` and
+``zscores.png``. ``--source-n`` sets the refinement's source-grid side (``FitConfig.source_n``;
+bright sources are under-resolved on the default 32); each row records it, and a folder holding
+rows of another side (or, with ``--source-n``, rows that did not record theirs) is refused.
 """
 
 from __future__ import annotations
@@ -187,10 +188,14 @@ def main(argv: list[str] | None = None) -> int:
     path = args.out / ("lenses.csv" if args.shard is None else f"lenses.{i}of{k}.csv")
     rows = read_rows(path)
     fitted = {int(r["index"]): r for p in sorted(args.out.glob("lenses*.csv")) for r in read_rows(p)}  # any shard's
-    other = sorted({int(r["source_n"]) for r in fitted.values() if math.isfinite(r.get("source_n", math.nan))} - {fit_cfg.source_n})
+    sides = {r.get("source_n", math.nan) for r in fitted.values()}
+    other = sorted(int(n) for n in sides if math.isfinite(n) and n != fit_cfg.source_n)
     if other:
         ap.error(f"--source-n {fit_cfg.source_n}: {args.out} holds lenses fitted with source_n {other}; "
                  f"use another --out")
+    if args.source_n is not None and any(not math.isfinite(n) for n in sides):
+        ap.error(f"--source-n {args.source_n}: {args.out} holds lenses of an older version, which did not record "
+                 f"their source grid; use another --out")
     todo = [j for j in range(args.n) if j % k == i and j not in fitted]
     print(f"{len(fitted)} lenses already fitted in {args.out}; fitting {len(todo)} into {path.name}", flush=True)
     for j in todo:

@@ -83,8 +83,9 @@ def test_summary_rules(val):
 
 
 def test_source_n_is_recorded_and_a_folder_of_another_is_refused(val, tmp_path, capsys):
-    """``--source-n`` sets the fit's source grid; a folder holding lenses fitted on another is not
-    resumed (their rows would mix into one summary), one of an older version (no column) is."""
+    """``--source-n`` sets the fit's source grid; a folder holding lenses fitted on another, or with
+    ``--source-n`` lenses that did not record theirs, is not resumed (their rows would mix into one
+    summary)."""
     out = tmp_path / "v"
     out.mkdir()
     row = {"index": 0.0, "wall_s": 1.0, "source_n": 14.0}
@@ -93,7 +94,11 @@ def test_source_n_is_recorded_and_a_folder_of_another_is_refused(val, tmp_path, 
         val.main(["--n", "1", "--out", str(out), "--source-n", "20"])
     assert "source_n [14]" in capsys.readouterr().err
     assert val.fit_config(20).source_n == 20 and val.fit_config().source_n == 14
-    # rows without the column (older files) and with it are written together
+    # rows without the column (older files) and with it are written together; with --source-n
+    # a folder holding such rows is refused too (their grid is unknown)
     val.write_rows(out / "lenses.csv", [{"index": 1.0, "wall_s": 2.0}, row])
     back = val.read_rows(out / "lenses.csv")
     assert back[0]["source_n"] == 14.0 and math.isnan(back[1]["source_n"])
+    with pytest.raises(SystemExit):
+        val.main(["--n", "1", "--out", str(out), "--source-n", "14"])
+    assert "older version" in capsys.readouterr().err
