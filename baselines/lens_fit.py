@@ -328,7 +328,7 @@ class FitConfig:
         sources use 48: on 32 pixels the grid under-resolves them and the evidence can prefer a
         wrong lens (simulated lenses 16 and 18 at peak S/N 77 and 191: the true lens 424 and
         1,026 nats below the fitted one on 32 pixels, 16 and 699 nats above it on 48). An
-        evaluation then costs 1.7 (192 x 192 pixels, the sparse route) to 3.2 times as much
+        evaluation then costs 1.4-1.7 (192 x 192 pixels, the sparse route) to 3.3 times as much
         (SLACS 2303+1422's 101 x 101 pixels, the dense product, which grows as the square of
         the source pixels), beyond the 10-minute budget of an HST fit: 32 stays the default.
     coarse_supersample, supersample : int
