@@ -35,8 +35,9 @@ Stages (no starting guess needed):
    in a neighbouring, worse one). Here the source grid sits on each lens's centre
    (a constant deflection, :class:`lensinv.Shift`, which nothing observable depends on), so a
    candidate far from the image's centre needs no wider, coarser grid for every lens.
-2. Refinement on the full source grid (its field of view from the coarse lens: the significant
-   pixels traced back to the source plane), Nelder-Mead restarted from its own optimum
+2. Refinement on the full source grid (placed on the source: the significant pixels traced back
+   to the source plane through the coarse lens, and again through the medium stage's before the
+   original pixels; fixed from there), Nelder-Mead restarted from its own optimum
    (the EPL's slope is freed here); the first run on the coarse stage's binned image
    (``FitConfig.medium``), the restart on the original pixels, there by default a Newton step to
    the maximum of the quadratic that stage 3 fits (``FitConfig.newton``).
@@ -341,8 +342,8 @@ class FitConfig:
         0.90 arcsec at a field of 1.6 ring radii, a difference of 5 nats; 8,700 nats in favour of
         the true lens at 1.0).
     source_margin : float
-        Full source field of view: the extent of 95% of the significant pixels traced through
-        the coarse lens, times this.
+        Full source field of view: the extent of the significant pixels' flux traced through the
+        lens (2nd to 98th percentiles, the larger side; the grid centred on it), times this.
     coarse_pixel : float
         Pixel size (arcsec) of the coarse stage: the image is binned by the odd factor nearest
         ``coarse_pixel / pixel`` (1: not binned; nor where fewer than 16 binned pixels a side
@@ -480,7 +481,12 @@ class LensFit:
         The inversion at the best fit on the full source grid (``source``, ``lam``,
         ``log_evidence``; its ``chi2`` includes the light amplitudes' weak prior term).
     source_grid : SourceGrid
-        The full stage's fixed source grid.
+        The full stage's fixed source grid, centred on ``source_center``.
+    source_center : tuple of float
+        ``(x, y)`` arcsec: where ``source_grid``'s centre lies in the source plane (the fit places
+        the grid on the source; ``(0, 0)`` for a given ``source_grid``). ``source`` is the source
+        of ``lensinv.operator(lensinv.Lens(*lens.components, lensinv.Shift(*source_center)),
+        image_grid, source_grid, ...)``: the Shift moves the traced positions by minus the centre.
     log_evidence : float
     chi2 : float
         Data misfit in the mask, ``sum(((model - d) / sigma)^2)``.
@@ -540,6 +546,7 @@ class LensFit:
     covariance_grid: Optional[np.ndarray] = None
     params_std_curvature: Optional[dict] = None
     posterior: Optional[PosteriorSamples] = None
+    source_center: tuple = (0.0, 0.0)
 
     @property
     def chi2_per_pixel(self) -> float:
@@ -680,11 +687,21 @@ class _Problem:
 
     def stage_lens(self, stage: "_Stage", x: np.ndarray) -> lensinv.Lens:
         """The lens a stage evaluates at ``x``: centred as the stage says, and with the stage's
-        ``grid_offset`` as a further Shift (traced positions move by minus it: the grid by it)."""
+        ``grid_offset`` as a further Shift (traced positions move by minus it: the grid by it). The
+        offset is in the fit's frame; this problem's frame is ``shift`` from it (a binned grid's
+        trim), and so is its source plane, less the constant deflection the shear (linear about
+        each frame's origin) adds there: the Shift takes both, so that a sky point lands at the
+        same place relative to the grid in either frame."""
         lens = self.lens(stage.space, x, stage.centred)
         if stage.grid_offset == (0.0, 0.0):
             return lens
-        return lensinv.Lens(*lens.components, lensinv.Shift(*stage.grid_offset))
+        ox, oy = stage.grid_offset
+        if self.shift != (0.0, 0.0):
+            zero = np.zeros(1)
+            fx, fy = stage.space.lens(x).raytrace(zero, zero)  # the fit frame's origin ...
+            bx, by = lens.raytrace(zero - self.shift[0], zero - self.shift[1])  # ... here
+            ox, oy = ox - float(fx[0] - bx[0]), oy - float(fy[0] - by[0])
+        return lensinv.Lens(*lens.components, lensinv.Shift(ox, oy))
 
     def basis(self, center: tuple[float, float]) -> Optional[np.ndarray]:
         if self.light is None:
@@ -732,7 +749,7 @@ class _Stage:
     supersample: int
     lam: Optional[float] = None
     centred: bool = False  # the source grid on each lens's centre (_Problem.lens)
-    grid_offset: tuple = (0.0, 0.0)  # arcsec: the source grid moved by this (a Shift), _grid_systematics
+    grid_offset: tuple = (0.0, 0.0)  # arcsec, the fit's frame: the source grid's centre (a Shift)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1178,14 +1195,43 @@ def _distinct_starts(cands: list[np.ndarray], values: np.ndarray, space: _Space,
     return out or [cands[int(np.argmax(values))]]
 
 
-def _full_grid(prob: _Problem, x: np.ndarray, space: _Space, geo: _Geometry, cfg: FitConfig) -> SourceGrid:
-    """The source grid of the refinement: the significant pixels traced through the coarse lens,
-    the extent of 95% of them (stray pixels, e.g. lens-light residuals, do not widen it) times
-    ``source_margin`` (centred on the origin, as source grids are)."""
+@dataclass(frozen=True)
+class _Placement:
+    """A refinement's source grid and where its centre sits in the source plane (arcsec)."""
+
+    grid: SourceGrid
+    center: tuple = (0.0, 0.0)
+
+
+def _weighted_quantiles(v: np.ndarray, w: np.ndarray, q: tuple[float, ...]) -> np.ndarray:
+    """Quantiles ``q`` of the values ``v`` under the non-negative weights ``w``."""
+    order = np.argsort(v)
+    c = np.cumsum(w[order])
+    return np.interp(np.asarray(q) * c[-1], c, v[order])
+
+
+def _full_grid(prob: _Problem, x: np.ndarray, space: _Space, geo: _Geometry, cfg: FitConfig) -> _Placement:
+    """The refinement's source grid, placed on the source: the significant pixels traced through
+    the lens ``x``, the box between the 2nd and 98th percentiles of their flux along each axis
+    (stray pixels, e.g. lens-light residuals traced far out near the lens centre, neither widen
+    nor move it), its larger side times ``source_margin`` (at least four image pixels), centred
+    on the box.
+
+    A grid centred on the source rather than the origin resolves it with the same pixel count: on
+    SLACS 2303+1422 the origin-centred grid spanned 2.50" for a source of about 0.4 x 0.7"; on
+    simulated lenses the true lens's evidence rose by 3,700 nats (lens 18) and the truth was
+    preferred to the lens the origin-centred grid had led to (``docs/real_observations.md``)."""
     gx, gy = prob.grid.coordinates()
-    bx, by = space.lens(x).raytrace(gx[geo.significant], gy[geo.significant])
-    half = float(np.percentile(np.maximum(np.abs(bx), np.abs(by)), 95))
-    return SourceGrid(n=cfg.source_n, fov=max(2.0 * half * cfg.source_margin, 4 * prob.grid.delta))
+    s = geo.significant
+    bx, by = space.lens(x).raytrace(gx[s], gy[s])
+    w = np.clip(np.asarray(geo.flux)[s], 0.0, None)
+    if not np.any(w > 0):
+        w = np.ones_like(w)
+    lo_x, hi_x = _weighted_quantiles(bx, w, (0.02, 0.98))
+    lo_y, hi_y = _weighted_quantiles(by, w, (0.02, 0.98))
+    half = 0.5 * max(hi_x - lo_x, hi_y - lo_y)
+    grid = SourceGrid(n=cfg.source_n, fov=max(2.0 * half * cfg.source_margin, 4 * prob.grid.delta))
+    return _Placement(grid, (0.5 * float(lo_x + hi_x), 0.5 * float(lo_y + hi_y)))
 
 
 def _axis_steps(prob: _Problem, stage: _Stage, x: np.ndarray, f0: float, h0: np.ndarray,
@@ -1409,7 +1455,8 @@ def _grid_systematics(prob: _Problem, stage: _Stage, x: np.ndarray, cov: np.ndar
     rng = np.random.default_rng(seed)
     shifts = []
     for grid, offset in _grid_variants(stage.source_grid, k):
-        st = replace(stage, source_grid=grid, grid_offset=offset, name="grid systematics")
+        st = replace(stage, source_grid=grid, name="grid systematics",
+                     grid_offset=(stage.grid_offset[0] + offset[0], stage.grid_offset[1] + offset[1]))
         z = rng.normal(size=(2 * dim + 2, dim))
         z *= math.sqrt(dim) / 1.5 / np.linalg.norm(z, axis=1, keepdims=True)
         dx = np.vstack([np.zeros(dim), np.clip(z * h, lo - x, hi - x)])
@@ -1699,8 +1746,8 @@ def fit_lens(image: np.ndarray, sigma: Union[float, np.ndarray], image_grid: Ima
         space = _Space(shear=shear, epl=profile == "EPL")
         if space.epl:
             x = np.append(x, 2.0)
-        grid = source_grid if source_grid is not None else _full_grid(prob, x, space, geo, config)
-        stage = _Stage("refine", space, grid, config.supersample)
+        placed = _Placement(source_grid) if source_grid is not None else _full_grid(prob, x, space, geo, config)
+        stage = _Stage("refine", space, placed.grid, config.supersample, grid_offset=placed.center)
         bounds = space.bounds(image_grid.fov)
         steps = 0.3 * space.steps(x[0])
         # Nelder-Mead, restarted once from its own optimum (lam fixed anew); with ``medium`` the
@@ -1710,6 +1757,11 @@ def fit_lens(image: np.ndarray, sigma: Union[float, np.ndarray], image_grid: Ima
         quad = None
         for problem in (coarse if medium else prob, prob):
             run = replace(stage, name="medium" if problem is not prob else "refine")
+            if problem is prob and medium and source_grid is None:
+                # placed anew about the medium stage's lens, closer to the truth than the coarse
+                # one (a tighter box); fixed from here on
+                placed = _full_grid(prob, x, space, geo, config)
+                run = replace(run, source_grid=placed.grid, grid_offset=placed.center)
             if problem is prob and medium and config.newton:
                 # lam fixed as in a Nelder-Mead run (an evaluation with lam optimised costs about
                 # twice as much: 1.02 against 0.55 s on SLACS 2303+1422)
@@ -1761,7 +1813,7 @@ def fit_lens(image: np.ndarray, sigma: Union[float, np.ndarray], image_grid: Ima
         timings["uncertainties"] = time.perf_counter() - t
 
         lens = space.lens(x)
-        res, op, B = prob.invert(lens, grid, config.supersample)
+        res, op, B = prob.invert(prob.stage_lens(stage_final, x), placed.grid, config.supersample)
     model = np.asarray(op.apply(res.source.reshape(-1)))
     light_img = None
     if B is not None:
@@ -1771,7 +1823,8 @@ def fit_lens(image: np.ndarray, sigma: Union[float, np.ndarray], image_grid: Ima
     chi2 = float(np.sum(((model - img_c.reshape(image_grid.shape)) / sig_c.reshape(image_grid.shape))[use] ** 2))
     timings["total"] = time.perf_counter() - t_start
     return LensFit(lens=lens, params=space.report(x), params_std=params_std, covariance=cov,
-                   fit_names=space.names, inversion=res, source_grid=grid, log_evidence=float(res.log_evidence),
+                   fit_names=space.names, inversion=res, source_grid=placed.grid, source_center=placed.center,
+                   log_evidence=float(res.log_evidence),
                    chi2=chi2, n_pixels=int(use.sum()), model=model, lens_light=light_img,
                    light_amplitudes=None if B is None else _full_amplitudes(lens_light, prob.light_columns,
                                                                             res.amplitudes),

@@ -670,6 +670,7 @@ def run(args) -> int:
             raise ValueError(f"--source-n {args.source_n} does not fit the RIM, whose source grid is "
                              f"{model.config.source_n} pixels per side; omit --source-n or use --method warren-dye")
         source_grid = lensinv.SourceGrid(model.config.source_n, 1.5 if args.source_fov is None else args.source_fov)
+        src_center = (0.0, 0.0)
         check_rim_coverage(image.shape, scale, grid)
         same = image.shape == grid.shape and math.isclose(scale, grid.pixel_scale, rel_tol=1e-6)
         if not same:  # resample surface brightness (and the noise map, as an approximation) onto the model grid
@@ -708,6 +709,7 @@ def run(args) -> int:
         image, sigma = centred_square(image), centred_square(sigma)
         grid = lensinv.ImageGrid(image.shape[0], scale)
         source, source_grid, model_image, light_img = fit.source, fit.source_grid, fit.model, fit.lens_light
+        src_center = (fit.source_center[0] + dx, fit.source_center[1] + dy)  # the image's frame
         kernel = fit_kernel
         fitted, log_ev = fit.mask, float(fit.log_evidence)
         extra = {"REGUL": args.regularization, "LAMBDA": fit.inversion.lam, "LOGEV": fit.log_evidence,
@@ -721,6 +723,7 @@ def run(args) -> int:
         if args.psf_fwhm:
             kernel = lensinv.gaussian_psf(args.psf_fwhm, scale)
         op = lensinv.operator(shift_lens(lens, -dx, -dy), grid, source_grid, psf=kernel)
+        src_center = (dx, dy)  # the cut-out's centre, in the image's frame
         fitted = baselines.arc_mask(image, sigma) & use
         kw = {}
         if args.lens_light:
@@ -746,7 +749,8 @@ def run(args) -> int:
     result = {"lens": params, "lens_std": params_std, "chi2_per_pixel": chi2 / n_fit if n_fit else None,
               "n_pixels": n_fit, "log_evidence": _finite_or_none(log_ev), "method": args.method}
 
-    write_source(args.out, source, source_grid, grid.pixel_scale, args.method, fit is not None, params, extra)
+    write_source(args.out, source, source_grid, grid.pixel_scale, args.method, fit is not None, params, extra,
+                 src_center)
     write_text_atomic(args.out / "fit.json", json.dumps(result, indent=2) + "\n")
     if fit is not None and fit.posterior is not None:
         write_posterior(args.out, fit.posterior, (dx, dy), params)
@@ -757,7 +761,7 @@ def run(args) -> int:
     panels = [(np.where(use, image, np.nan), grid.extent, "data", bright),
               (model_image, grid.extent, "model", bright),
               (resid, grid.extent, "normalised residual (fitted pixels)", {"cmap": "RdBu_r", "vmin": -5, "vmax": 5}),
-              (source, source_grid.extent, f"source ({args.method})", {})]
+              (source, shifted_extent(source_grid, src_center), f"source ({args.method})", {})]
     if light_img is not None:  # the lensed light itself, and the light model on the data's stretch
         panels += [(np.where(use, image - light_img, np.nan), grid.extent, "data - lens light", {}),
                    (light_img, grid.extent, "lens light", bright)]
@@ -845,9 +849,16 @@ def write_model(out: Path, model_image: np.ndarray, light_img: np.ndarray | None
     return coherence
 
 
+def shifted_extent(source_grid: lensinv.SourceGrid, center: tuple[float, float]) -> tuple[float, ...]:
+    """``imshow`` extent (arcsec) of a source grid centred at ``center`` in the source plane."""
+    left, right, bottom, top = source_grid.extent
+    return (left + center[0], right + center[0], bottom + center[1], top + center[1])
+
+
 def write_source(out: Path, source: np.ndarray, source_grid: lensinv.SourceGrid, image_scale: float, method: str,
-                 fitted: bool, params: dict, extra: dict) -> None:
-    """``out/source.fits`` (float32, atomic): the source with its grid, method and lens in the header."""
+                 fitted: bool, params: dict, extra: dict, center: tuple[float, float] = (0.0, 0.0)) -> None:
+    """``out/source.fits`` (float32, atomic): the source with its grid (centred at ``center``, arcsec in
+    the source plane, the image's frame), method and lens in the header."""
     from astropy.io import fits
 
     out.mkdir(parents=True, exist_ok=True)
@@ -856,6 +867,8 @@ def write_source(out: Path, source: np.ndarray, source_grid: lensinv.SourceGrid,
     hdr["SRC_N"] = (source_grid.n, "source pixels per side")
     hdr["SRC_FOV"] = (source_grid.fov, "[arcsec] source grid side")
     hdr["PIXSCALE"] = (source_grid.delta, "[arcsec] source pixel size")
+    hdr["SRC_X0"] = (float(center[0]), "[arcsec] source grid centre x (source plane)")
+    hdr["SRC_Y0"] = (float(center[1]), "[arcsec] source grid centre y (source plane)")
     hdr["IMSCALE"] = (image_scale, "[arcsec] image pixel size used")
     hdr["FITTED"] = (fitted, "lens fitted (else given with --lens)")
     for k, key in zip(("THETA_E", "Q", "PHI", "CEN_X", "CEN_Y", "GAMMA", "GAM_PHI"),
@@ -865,7 +878,8 @@ def write_source(out: Path, source: np.ndarray, source_grid: lensinv.SourceGrid,
         hdr["SLOPE"] = (params["slope"], "EPL logarithmic slope")
     for k, v in extra.items():
         hdr[k] = v
-    hdr["COMMENT"] = "lensinv source reconstruction; pixel (0,0) at (-(n-1)/2, -(n-1)/2)*PIXSCALE arcsec"
+    hdr["COMMENT"] = ("lensinv source reconstruction; pixel (0,0) at (SRC_X0, SRC_Y0) - ((n-1)/2, (n-1)/2)*PIXSCALE "
+                      "arcsec, x along columns (source-plane axes and origin as the lens centre's)")
     with atomic_write(out / "source.fits") as f:
         fits.PrimaryHDU(np.asarray(source, dtype=np.float32), header=hdr).writeto(f)
 
