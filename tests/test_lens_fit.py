@@ -378,6 +378,28 @@ def test_newton_refinement_reaches_the_maximum_of_a_noisy_quadratic():
     assert math.sqrt(cov[0, 0]) > 10 * scales[0]  # the flat direction: no constraint worth the name
 
 
+def test_newton_step_that_loses_is_converged_only_where_trusted(monkeypatch):
+    """A Newton step that does not raise the evidence ends the refinement: converged where the step
+    was trusted (the quadratic's maximum within reach: the start is the optimum within the noise),
+    not converged where it was shortened (the quadratic does not describe the evidence there;
+    validation lens 3 stopped so 500 nats below the true lens), so Nelder-Mead takes over."""
+    import baselines.lens_fit as lf
+
+    h = np.full(3, 0.1)
+
+    class Peak:  # the start is the best point anywhere
+        def log_evidence(self, x, stage):
+            return -float(np.sum(np.abs(np.asarray(x)))) * 100.0
+
+    for gradient, converged in ((np.full(3, 5.0), True), (np.full(3, 500.0), False)):
+        quad = lf._Quadratic(x=np.zeros(3), hessian=-np.eye(3) / h**2, gradient=gradient, h=h,
+                             samples=((np.zeros(3), 0.0),))
+        monkeypatch.setattr(lf, "_curvature", lambda *a, **k: quad)
+        assert quad.newton_step(lf.NEWTON_RADIUS * math.sqrt(3))[1] is converged  # trusted iff converged
+        ref = lf._newton_refine(Peak(), None, np.zeros(3), 0.0, h, [(-1.0, 1.0)] * 3)
+        assert ref.converged is converged and np.all(ref.x == 0.0) and ref.log_evidence == 0.0
+
+
 def test_bin_factor_is_odd_and_nearest():
     from baselines.lens_fit import _bin_factor
 

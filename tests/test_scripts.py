@@ -87,6 +87,7 @@ def test_reconstruct_round_trips_a_simulated_fits_observation(tmp_path, tiny_che
     with fits.open(tmp_path / "wd" / "source.fits") as hdul:
         src, hdr = hdul[0].data.astype(float), hdul[0].header
     assert hdr["METHOD"] == "warren-dye" and hdr["SRC_N"] == 64 and hdr["SRC_FOV"] == 1.5
+    assert hdr["SRC_X0"] == 0.0 and hdr["SRC_Y0"] == 0.0  # a given lens: the grid on the origin, as its image
     assert hdr["THETA_E"] == pytest.approx(sie.theta_E) and hdr["IMSCALE"] == pytest.approx(0.04)
     assert np.sqrt(np.mean((src - sim.source) ** 2)) < 0.05
     assert (tmp_path / "wd" / "reconstruction.png").stat().st_size > 0

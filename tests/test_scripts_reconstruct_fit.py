@@ -112,6 +112,13 @@ def test_fit_without_lens_writes_fit_json(rec, sim, tmp_path, capsys):
     assert 0.7 < r["chi2_per_pixel"] < 1.3 and math.isfinite(r["log_evidence"])
     h = fits.getheader(out / "source.fits")
     assert h["FITTED"] and math.isclose(h["THETA_E"], r["lens"]["theta_E"])
+    # the grid is placed on the source (SRC_X0, SRC_Y0): the reconstructed flux centroid in those
+    # coordinates is the true source's, (0.041, 0.003) arcsec
+    src = np.clip(fits.getdata(out / "source.fits").astype(float), 0.0, None)
+    sx, sy = lensinv.SourceGrid(h["SRC_N"], h["SRC_FOV"]).coordinates()
+    cx, cy = h["SRC_X0"] + np.sum(src * sx) / src.sum(), h["SRC_Y0"] + np.sum(src * sy) / src.sum()
+    assert math.hypot(cx - 0.041, cy - 0.003) < 0.01, (cx, cy, h["SRC_X0"], h["SRC_Y0"])  # 0.04 off without
+    assert 0.3 < h["SRC_FOV"] < 0.6  # the source's box (about 4 sigma of its main Gaussian) times the margin
     assert (out / "fit.png").stat().st_size > 0 and not list(out.glob("*.tmp*"))
     # --posterior-steps: 16 walkers x 6 steps, the last 3 kept; lens_std is their spread (plus the grid term)
     post = np.genfromtxt(out / "posterior.csv", delimiter=",", names=True)
