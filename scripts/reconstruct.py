@@ -456,7 +456,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--source-n", type=int_at_least(2), default=None,
                     help="source pixels per side (default 64, or the fit's; for the RIM, the model's)")
     ap.add_argument("--source-fov", type=positive_float, default=None,
-                    help="arcsec (default 1.5, or for warren-dye without --lens, the fit's)")
+                    help="arcsec (default 1.5, or for warren-dye without --lens, the fit's: a box about the "
+                         "source's traced flux, centred on it; given, the grid is centred on the origin); "
+                         "source.fits' SRC_X0, SRC_Y0 give the grid's centre")
     ap.add_argument("--posterior-steps", type=int_at_least(0), default=0,
                     help="with the lens fitted: sample its posterior with emcee (baselines.posterior), this many "
                          "steps of 2 x parameters + 2 walkers from the curvature's Gaussian (walkers x steps "

@@ -378,6 +378,28 @@ def test_newton_refinement_reaches_the_maximum_of_a_noisy_quadratic():
     assert math.sqrt(cov[0, 0]) > 10 * scales[0]  # the flat direction: no constraint worth the name
 
 
+def test_source_grid_margin_is_chosen_by_the_evidence(monkeypatch):
+    """The refinement's grid: of the margins ``source_margin`` times ``SOURCE_MARGIN_FACTORS``, the
+    one whose evidence (lam optimised) at the lens is highest, with its placement."""
+    import baselines.lens_fit as lf
+
+    seen = []
+
+    def placed(prob, x, space, geo, cfg, margin=None):
+        return lf._Placement(lensinv.SourceGrid(8, margin), (margin, -margin))
+
+    class Peaked:  # the evidence peaks at a field of view of 2.0 (the factor 1.6 of 1.25)
+        def log_evidence(self, x, stage):
+            seen.append(stage.lam)
+            return -(stage.source_grid.fov - 2.0) ** 2
+
+    monkeypatch.setattr(lf, "_full_grid", placed)
+    stage = lf._Stage("refine", lf._Space(True, False), lensinv.SourceGrid(8), 2, lam=3.0)
+    got = lf._chosen_grid(Peaked(), stage, np.zeros(7), None, FitConfig(source_margin=1.25))
+    assert got.grid.fov == pytest.approx(2.0) and got.center == pytest.approx((2.0, -2.0))
+    assert len(seen) == len(lf.SOURCE_MARGIN_FACTORS) and all(v is None for v in seen)
+
+
 def test_newton_step_that_loses_is_converged_only_where_trusted(monkeypatch):
     """A Newton step that does not raise the evidence ends the refinement: converged where the step
     was trusted (the quadratic's maximum within reach: the start is the optimum within the noise),
