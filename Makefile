@@ -18,8 +18,11 @@ demo: $(STAMP)
 	$(PY) scripts/build_operators.py --n 32 --seed 20261126 --out $(DEMO_DATA)
 	$(PY) scripts/compare_baselines.py --data $(DEMO_DATA) --out results/demo
 
+# pytest-xdist workers (auto: one per core); TEST_WORKERS=0 runs the suite in one process
+TEST_WORKERS ?= auto
+
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/operator_build.py
