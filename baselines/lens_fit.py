@@ -30,7 +30,10 @@ Stages (no starting guess needed):
    fall into separate images, their mean position and for a double the point an isothermal
    lens implies from their flux ratio), ``theta_E`` and the ellipticity (``SCAN_E``, q down
    to 0.35), then short Nelder-Mead runs over all parameters from the best scan points of
-   ``COARSE_STARTS`` different basins, continued from the best two (successive halving: the
+   ``COARSE_STARTS`` different basins and, where the arcs fall into two or more images, from
+   up to ``POINT_STARTS`` lenses fitted to the images' positions as one point source's
+   (:func:`_point_starts`: a smooth objective that finds the strongly sheared and very flattened
+   lenses the scan has no point near), continued from the best two (successive halving: the
    evidence's basin in ``theta_E`` is a few per cent wide, and the scan's best point often lies
    in a neighbouring, worse one). Here the source grid sits on each lens's centre
    (a constant deflection, :class:`lensinv.Shift`, which nothing observable depends on), so a
@@ -114,6 +117,21 @@ MIN_IMAGE_FLUX = 0.02
 SCAN_E = (0.0, 0.08, 0.16, 0.24, 0.32, 0.40, 0.48)
 #: scan points (from different basins) the coarse stage starts Nelder-Mead from
 COARSE_STARTS = 6
+#: further coarse starts from the lensed images' positions (:func:`_point_starts`): at most this
+#: many, the best by coarse log evidence
+POINT_STARTS = 2
+#: the images' positional uncertainty (image pixels) in the point-image fit, and the chi^2 per
+#: image a solution may have (2 coordinates each; an extended arc's or a cut-off image's centroid
+#: is no exact conjugate point)
+POINT_SIGMA_PIXELS = 2.0
+POINT_CHI2_PER_IMAGE = 4.0
+#: the magnification (its larger singular value) the point-image fit's residual is capped at:
+#: next to a critical curve the linearised image-plane offset means nothing
+POINT_MAGNIFICATION_CAP = 30.0
+#: the point-image fit's weak priors: ellipticity components, shear components, and the centre
+#: (a fraction of the start's ring radius about the start's centre): a double fixes two of the
+#: seven parameters, a quad six
+POINT_PRIOR_E, POINT_PRIOR_SHEAR, POINT_PRIOR_CENTRE = 0.5, 0.15, 0.25
 #: the full-resolution Newton refinement (``FitConfig.newton``): a step to the fitted quadratic's
 #: maximum is trusted within this many times sqrt(dim) axis steps (about one nat each) of its
 #: centre, the ball the quadratic was sampled in, and the quadratic refitted at most this many times
@@ -358,7 +376,7 @@ class FitConfig:
         optimised ``lam``), or re-optimised at every evaluation (module docstring).
     coarse_evaluations, refine_evaluations : int
         Most evidence evaluations of the coarse stage's Nelder-Mead runs (half shared by the short
-        runs from ``COARSE_STARTS`` scan points, a quarter for each of the best two), and of each
+        runs from ``COARSE_STARTS`` scan points and the point-image starts, a quarter for each of the best two), and of each
         refinement run.
     medium : bool
         Run the first of the refinement's two Nelder-Mead runs on the coarse stage's binned image
@@ -1131,8 +1149,9 @@ def _coarse(coarse: _Problem, candidates: list[tuple[tuple[float, float], float]
             cfg: FitConfig, shear: bool) -> tuple[np.ndarray, float, _Stage]:
     """Stage 1 on the ``coarse`` (binned) problem: a scan over the ``candidates`` (centre, ring
     radius), ``theta_E`` and the ellipticity (``SCAN_E``), then short Nelder-Mead runs from the
-    best points of ``COARSE_STARTS`` basins (:func:`_distinct_starts`) and longer ones from the
-    best two of those. The source grid sits on each lens's centre (``_Problem.lens``), one size for
+    best points of ``COARSE_STARTS`` basins (:func:`_distinct_starts`) and from the best
+    ``POINT_STARTS`` point-image lenses (:func:`_point_starts`) not already among them, and
+    longer ones from the best two of those. The source grid sits on each lens's centre (``_Problem.lens``), one size for
     every candidate (their evidences are compared): the largest ring radius times
     ``source_fov_factor``."""
     space = _Space(shear=shear, epl=False)
@@ -1161,6 +1180,17 @@ def _coarse(coarse: _Problem, candidates: list[tuple[tuple[float, float], float]
                     cands.append(x)
     values = np.array([coarse.log_evidence(c, stage) for c in cands])
     starts = _distinct_starts(cands, values, space, COARSE_STARTS)
+    # lenses the scan's grid misses (a strong shear across the mass's ellipticity, q < 0.35) are
+    # found from the images' positions, where the arcs fall into two or more
+    pixel = coarse.grid.fov / geo.significant.shape[0]  # the original image's pixel (the images' grid)
+    points = _point_starts(space, geo.images, candidates, coarse.grid.fov, pixel)
+    if points:
+        pv = np.array([coarse.log_evidence(c, stage) for c in points])
+        extra = [x for x in _distinct_starts(points, pv, space, POINT_STARTS)
+                 if all(np.max(np.abs(x - o) / space.steps(o[0])) > 2.5 for o in starts)]
+        log.info("coarse starts from the images' positions: %s",
+                 "; ".join(f"{space.report(x)['theta_E']:.3f}\" q {space.report(x)['q']:.3f}" for x in extra) or "none new")
+        starts = starts + extra
     # successive halving: a short Nelder-Mead from each start (half the budget), ranked at the
     # optimised lam, then the best two go on with the other half
     bounds = space.bounds(coarse.grid.fov)
@@ -1182,6 +1212,86 @@ def _coarse(coarse: _Problem, candidates: list[tuple[tuple[float, float], float]
     log.info("coarse stage (%d centre candidates, %s pixels of %.3f arcsec): %s, log evidence %.2f", len(centers),
              coarse.grid.n, coarse.grid.delta, space.report(x), v)
     return x, v, stage
+
+
+def _image_residuals(space: _Space, x: np.ndarray, points: np.ndarray, sigma: float) -> np.ndarray:
+    """The lensed images' misfit for the lens ``x`` (point images, in units of ``sigma``, arcsec):
+    each image's offset in the image plane, linearised, from where the lens puts the images of the
+    best common source, ``A_i^-1 (beta_i - beta)`` with ``A_i`` the lens equation's Jacobian
+    (magnification capped at ``POINT_MAGNIFICATION_CAP``) and ``beta`` their weighted mean (the
+    least-squares source). (2 n,) for the ``points`` (n, 2)."""
+    n = len(points)
+    h = 1e-4 * max(float(x[0]), 0.01)
+    px, py = points[:, 0], points[:, 1]
+    bx, by = space.lens(x).raytrace(np.concatenate([px, px + h, px - h, px, px]),
+                                    np.concatenate([py, py, py, py + h, py - h]))
+    beta = np.column_stack([bx[:n], by[:n]])
+    A = np.empty((n, 2, 2))
+    A[:, 0, 0], A[:, 1, 0] = (bx[n:2 * n] - bx[2 * n:3 * n]) / (2 * h), (by[n:2 * n] - by[2 * n:3 * n]) / (2 * h)
+    A[:, 0, 1], A[:, 1, 1] = (bx[3 * n:4 * n] - bx[4 * n:]) / (2 * h), (by[3 * n:4 * n] - by[4 * n:]) / (2 * h)
+    U, s, Vt = np.linalg.svd(A)
+    s_inv = 1.0 / np.maximum(s, 1.0 / POINT_MAGNIFICATION_CAP)
+    M = np.einsum("nji,nj,nkj->nik", Vt, s_inv, U)  # A^-1 = V S^-1 U^T, capped
+    W = np.einsum("nji,njk->nik", M, M)
+    source = np.linalg.solve(W.sum(axis=0), np.einsum("nij,nj->i", W, beta))
+    return (np.einsum("nij,nj->ni", M, beta - source) / sigma).ravel()
+
+
+def _point_starts(space: _Space, images: list, candidates: list[tuple[tuple[float, float], float]], fov: float,
+                  pixel: float) -> list[np.ndarray]:
+    """Lenses (parameter vectors of ``space``) that put the lensed ``images`` (``_images``: x, y,
+    flux) at their observed positions as images of one point source, or [] for fewer than two.
+
+    Least squares (:func:`scipy.optimize.least_squares`) of :func:`_image_residuals`
+    (positional error ``POINT_SIGMA_PIXELS`` pixels) with weak Gaussian priors on the ellipticity
+    and shear components and on the centre (``POINT_PRIOR_*``), from each centre candidate with
+    its ring radius as ``theta_E``, round or ``|e|`` 0.3 in four orientations, without shear or
+    0.15 in four. The positions fix the lens far more smoothly than the pixelated evidence on a
+    coarse grid does, whose basin about a strongly sheared or very flattened lens the coarse
+    scan's grid misses. Solutions whose positional chi^2 exceeds ``POINT_CHI2_PER_IMAGE`` per
+    image (the images are no one source's, e.g. a neighbour taken for one) are dropped; the rest
+    are returned best first (total cost), near-duplicates (within 0.5 scan steps) once."""
+    if len(images) < 2:
+        return []
+    points = np.array([(a, b) for a, b, _ in images], dtype=np.float64)
+    sigma = POINT_SIGMA_PIXELS * pixel
+    bounds = space.bounds(fov)
+    lo = np.array([b[0] for b in bounds])
+    hi = np.array([b[1] for b in bounds])
+    shear = space.shear
+    sols: list[tuple[float, np.ndarray]] = []
+    for c, R in candidates:
+        def residuals(x: np.ndarray) -> np.ndarray:
+            prior = [x[1] / POINT_PRIOR_E, x[2] / POINT_PRIOR_E, (x[3] - c[0]) / (POINT_PRIOR_CENTRE * R),
+                     (x[4] - c[1]) / (POINT_PRIOR_CENTRE * R)]
+            if shear:
+                prior += [x[5] / POINT_PRIOR_SHEAR, x[6] / POINT_PRIOR_SHEAR]
+            return np.concatenate([_image_residuals(space, x, points, sigma), prior])
+
+        for e, e_angles in ((0.0, 1), (0.3, 4)):
+            for g, g_angles in (((0.0, 1), (0.15, 4)) if shear else ((0.0, 1),)):
+                for i in range(e_angles):
+                    for k in range(g_angles):
+                        x0 = np.zeros(len(space.names))
+                        a, b = math.pi * i / e_angles, math.pi * k / g_angles  # twice the angles
+                        x0[:5] = R, e * math.cos(a), e * math.sin(a), c[0], c[1]
+                        if shear:
+                            x0[5:7] = g * math.cos(b), g * math.sin(b)
+                        x0 = np.clip(x0, lo + 1e-9, hi - 1e-9)
+                        try:
+                            res = scipy.optimize.least_squares(residuals, x0, bounds=(lo, hi), max_nfev=100 * x0.size)
+                        except (ValueError, np.linalg.LinAlgError) as exc:  # a degenerate Jacobian
+                            log.debug("point-image fit from %s failed: %s", x0, exc)
+                            continue
+                        chi2 = float(np.sum(res.fun[:2 * len(points)] ** 2))
+                        if res.success and chi2 <= POINT_CHI2_PER_IMAGE * len(points):
+                            sols.append((float(2 * res.cost), res.x))
+    out: list[np.ndarray] = []
+    for _, x in sorted(sols, key=lambda t: t[0]):
+        if all(np.max(np.abs(x - o) / space.steps(o[0])) > 0.5 for o in out):
+            out.append(x)
+    log.debug("point-image fits: %d of the starts converged, %d distinct", len(sols), len(out))
+    return out
 
 
 def _distinct_starts(cands: list[np.ndarray], values: np.ndarray, space: _Space, k: int) -> list[np.ndarray]:
