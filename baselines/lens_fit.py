@@ -145,6 +145,9 @@ NEWTON_LINE_DOUBLINGS = 8
 #: nats: a shortened step that gains less ends the refinement (the evidence's noise and flat
 #: directions, not a distant maximum)
 NEWTON_GAIN = 1.0
+#: where the curvature at the refinement's optimum is not negative definite, at most this many
+#: climbs (:func:`_climb`) from there, each followed by a new curvature
+CLIMB_ROUNDS = 2
 #: the refinement's source-grid margins tried, in units of ``FitConfig.source_margin`` (_chosen_grid)
 SOURCE_MARGIN_FACTORS = (1.0, 1.3, 1.6, 2.0)
 
@@ -1493,6 +1496,35 @@ def _step_eigen(H: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.linalg.eigh(-0.5 * (H + H.T) * np.outer(h, h))
 
 
+def _climb(prob: _Problem, stage: _Stage, quad: _Quadratic, f0: float, bounds,
+           maxfev: int) -> tuple[np.ndarray, float]:
+    """From ``quad.x``, an optimum whose fitted curvature is not negative definite (so no maximum:
+    the optimiser stalled, e.g. in the narrow curved ridge of a very flattened lens), a higher
+    point if one is found: the best of the quadratic's samples, then line searches both ways along
+    each direction in which the quadratic rises (doubling steps of the axis steps ``quad.h`` while
+    the log evidence grows), then Nelder-Mead from the best point in units of those steps.
+    ``stage``'s ``lam`` is used throughout (the caller compares at its own)."""
+    lo = np.array([b[0] for b in bounds])
+    hi = np.array([b[1] for b in bounds])
+    x, v = quad.x, f0
+    if quad.samples:  # evaluated at the quadratic's own lam (its centre among them)
+        xa, f = max(quad.samples, key=lambda t: t[1])
+        if np.any(xa != quad.x):
+            fa = prob.log_evidence(np.asarray(xa, dtype=np.float64), stage)
+            if fa > v:
+                x, v = np.array(xa, dtype=np.float64), fa
+    e, U = _step_eigen(quad.hessian, quad.h)
+    for k in np.flatnonzero(e <= 0):
+        for sign in (1.0, -1.0):
+            for t in (1.0, 2.0, 4.0, 8.0):
+                xa = np.clip(x + sign * t * U[:, k] * quad.h, lo, hi)
+                f = prob.log_evidence(xa, stage)
+                if not f > v:
+                    break
+                x, v = xa, f
+    return _maximise(prob, stage, x, quad.h, bounds, maxfev)
+
+
 @dataclass(frozen=True)
 class _Refined:
     x: np.ndarray
@@ -1935,6 +1967,23 @@ def fit_lens(image: np.ndarray, sigma: Union[float, np.ndarray], image_grid: Ima
                                   bounds)
             H, h = quad.hessian, quad.h
             cov, hessian_ok = _covariance(H, h)
+            for _ in range(CLIMB_ROUNDS if not hessian_ok else 0):
+                # no maximum: climb on from there (lam fixed at this point, compared at the optimum)
+                stage = _stage_lam(prob, stage, x, config.lam_mode)
+                xc, _ = _climb(prob, replace(stage, name="climb"), quad, prob.log_evidence(x, stage), bounds,
+                               config.refine_evaluations // 2)
+                vc = prob.log_evidence(xc, replace(stage_final, name="climb"))
+                log.info("curvature not negative definite: climbed from log evidence %.2f to %.2f (%s)", v, vc,
+                         space.report(xc))
+                if not vc > v + NEWTON_GAIN:
+                    break
+                x, v = xc, vc
+                quad = _curvature(prob, replace(stage_final, name="uncertainties"), x, v, h, bounds)
+                H, h = quad.hessian, quad.h
+                cov, hessian_ok = _covariance(H, h)
+                if hessian_ok:
+                    break
+            stage = _stage_lam(prob, stage, x, config.lam_mode)
             if not hessian_ok:
                 log.warning("the curvature of the log evidence is not negative definite at the optimum: "
                             "uncertainties are from its clipped form")

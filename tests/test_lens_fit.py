@@ -808,3 +808,25 @@ def test_point_starts_find_a_sheared_flattened_quad():
     sigma = POINT_SIGMA_PIXELS * 0.05
     assert np.sum(_image_residuals(space, best, pts, sigma) ** 2) < 1.0
     assert _point_starts(space, images[:1], [((0.2, -0.1), 1.3)], 8.0, 0.05) == []
+
+
+def test_climb_leaves_a_point_that_is_no_maximum():
+    """A curved ridge, f = -50 (y - x^2)^2 - 5 (x - 1)^2 (maximum 0 at (1, 1)): at (0, 0.5) the
+    fitted curvature is not negative definite (d2f/dx2 = +90 there), and the climb from it reaches
+    the maximum; from the maximum itself it stays."""
+    from baselines.lens_fit import _climb, _curvature, _negative_definite
+
+    class Ridge:
+        def log_evidence(self, x, stage):
+            return float(-50.0 * (x[1] - x[0] ** 2) ** 2 - 5.0 * (x[0] - 1.0) ** 2)
+
+    prob, bounds = Ridge(), [(-3.0, 3.0), (-3.0, 3.0)]
+    x0 = np.array([0.0, 0.5])
+    quad = _curvature(prob, None, x0, prob.log_evidence(x0, None), np.array([0.1, 0.1]), bounds)
+    assert not _negative_definite(quad.hessian)
+    x, v = _climb(prob, None, quad, prob.log_evidence(x0, None), bounds, 400)
+    assert v > -0.01 and np.allclose(x, [1.0, 1.0], atol=0.1)
+    top = np.array([1.0, 1.0])
+    quad = _curvature(prob, None, top, 0.0, np.array([0.1, 0.1]), bounds)
+    x, v = _climb(prob, None, quad, 0.0, bounds, 100)
+    assert v == pytest.approx(0.0, abs=1e-3) and np.allclose(x, top, atol=0.02)
