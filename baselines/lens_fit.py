@@ -379,8 +379,8 @@ class FitConfig:
         optimised ``lam``), or re-optimised at every evaluation (module docstring).
     coarse_evaluations, refine_evaluations : int
         Most evidence evaluations of the coarse stage's Nelder-Mead runs (half shared by the short
-        runs from ``COARSE_STARTS`` scan points and the point-image starts, a quarter for each of the best two), and of each
-        refinement run.
+        runs from ``COARSE_STARTS`` scan points and the point-image starts, a quarter for each of
+        the best two), and of each refinement run (half that for each climb, ``_climb``).
     medium : bool
         Run the first of the refinement's two Nelder-Mead runs on the coarse stage's binned image
         (with the refinement's source grid and supersampling), the second on the original pixels
@@ -1154,9 +1154,9 @@ def _coarse(coarse: _Problem, candidates: list[tuple[tuple[float, float], float]
     radius), ``theta_E`` and the ellipticity (``SCAN_E``), then short Nelder-Mead runs from the
     best points of ``COARSE_STARTS`` basins (:func:`_distinct_starts`) and from the best
     ``POINT_STARTS`` point-image lenses (:func:`_point_starts`) not already among them, and
-    longer ones from the best two of those. The source grid sits on each lens's centre (``_Problem.lens``), one size for
-    every candidate (their evidences are compared): the largest ring radius times
-    ``source_fov_factor``."""
+    longer ones from the best two of those. The source grid sits on each lens's centre
+    (``_Problem.lens``), one size for every candidate (their evidences are compared): the
+    largest ring radius times ``source_fov_factor``."""
     space = _Space(shear=shear, epl=False)
     centers = [c for c, _ in candidates]
     radii = [R for _, R in candidates]
@@ -1191,8 +1191,8 @@ def _coarse(coarse: _Problem, candidates: list[tuple[tuple[float, float], float]
         pv = np.array([coarse.log_evidence(c, stage) for c in points])
         extra = [x for x in _distinct_starts(points, pv, space, POINT_STARTS)
                  if all(np.max(np.abs(x - o) / space.steps(o[0])) > 2.5 for o in starts)]
-        log.info("coarse starts from the images' positions: %s",
-                 "; ".join(f"{space.report(x)['theta_E']:.3f}\" q {space.report(x)['q']:.3f}" for x in extra) or "none new")
+        log.info("coarse starts from the images' positions: %s", "; ".join(
+            f"{space.report(x)['theta_E']:.3f}\" q {space.report(x)['q']:.3f}" for x in extra) or "none new")
         starts = starts + extra
     # successive halving: a short Nelder-Mead from each start (half the budget), ranked at the
     # optimised lam, then the best two go on with the other half
