@@ -15,6 +15,12 @@ import scipy.sparse as sp
 import lensinv
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+    """The tests marked ``slow`` first (stable otherwise): pytest-xdist hands out tests in
+    collection order, and a worker that draws a minute-long test last keeps the others idle."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(20261126)

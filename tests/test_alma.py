@@ -58,6 +58,7 @@ def test_the_alma_preset():
         InterferometerConfig(frequencies=(230e9, -1.0))
 
 
+@pytest.mark.slow
 def test_simulated_visibilities():
     sim = simulate(2, 5, CFG)
     again = simulate(2, 5, CFG)

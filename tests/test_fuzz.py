@@ -225,6 +225,7 @@ def _draw_operator(rng: np.random.Generator) -> dict:
 _OP_NAMES = ["lens", "image_grid", "source_grid", "image grid", "source grid", "psf", "supersample"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kw", _cases("operator", _draw_operator))
 def test_fuzz_operator(kw):
     op = _named_or_fine(lambda: lensinv.operator(**kw), _OP_NAMES)

@@ -68,6 +68,7 @@ def _check_lens(fit, tol_sigma: float = 3.0, check_sigma: bool = True) -> None:
 # fits (slow-ish: one fit each)
 
 
+@pytest.mark.slow
 def test_fit_finds_lens_without_guess_and_ignores_bad_pixels():
     """No starting guess; 40 pixels flagged bad by a huge noise value (the data's 1e8 convention),
     5 of them NaN and the rest garbage, are masked and do not bias the fit (seed 2, without bad
@@ -102,6 +103,7 @@ def test_fit_finds_lens_without_guess_and_ignores_bad_pixels():
     assert fit.timings["total"] > 0 and fit.lens_light is None
 
 
+@pytest.mark.slow
 def test_medium_stage_refines_on_the_binned_image_first(monkeypatch):
     """With the coarse stage binned (3 x 3 here: the ring-radius cap lowered), the refinement's first
     run evaluates the binned image (stage "medium"), the restart the original pixels, and the fit is
@@ -117,6 +119,7 @@ def test_medium_stage_refines_on_the_binned_image_first(monkeypatch):
         FitConfig(medium=1)
 
 
+@pytest.mark.slow
 def test_fit_with_lens_light_recovers_lens_and_light():
     image, sigma, light_img = _simulate(3, light=True)
     fit = fit_lens(image, sigma, IG, PSF, lens_light=MGELight(), config=replace(FAST, uncertainties=False))

@@ -190,6 +190,7 @@ def test_default_operator_is_the_seeds_setup():
     assert op.shape == (192 * 192, 64 * 64) and op.supersample == lensinv.DEFAULT_SUPERSAMPLE
 
 
+@pytest.mark.slow
 def test_torch_operator_matches_scipy_and_autograd(rng):
     torch = pytest.importorskip("torch")
     op = lensinv.operator(random_lens(rng), SMALL_IMG, SMALL_SRC, psf=lensinv.gaussian_psf(0.1, 0.06), supersample=2)

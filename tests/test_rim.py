@@ -123,6 +123,7 @@ def _losses(out):
     return [last[k] for k in sorted(last)]
 
 
+@pytest.mark.slow
 def test_kill_and_resume_reproduce_the_loss_sequence(tmp_path):
     ref = tmp_path / "ref"
     assert subprocess.run(_tiny_args(ref, 6), capture_output=True).returncode == 0
