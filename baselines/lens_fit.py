@@ -46,7 +46,9 @@ Stages (no starting guess needed):
    the maximum of the quadratic that stage 3 fits (``FitConfig.newton``).
 3. Uncertainties: the curvature of the log evidence at the optimum (Laplace approximation), from
    a least-squares quadratic through evaluations scattered over the region where it drops by a
-   few nats (steps adapted to about one nat per axis), plus the spread of the optimum over
+   few nats (steps adapted to about one nat per axis; where it is not negative definite the
+   optimum is no maximum, and the fit climbs on from there first, :func:`_climb`, at most
+   ``CLIMB_ROUNDS`` times), plus the spread of the optimum over
    ``FitConfig.grid_systematics`` other source grids (moved by half a pixel or with a different
    pixel count: a choice the data do not make, which moves the optimum by more than the
    curvature's errors on bright, structured sources), propagated to the reported parameters
