@@ -1969,6 +1969,7 @@ def fit_lens(image: np.ndarray, sigma: Union[float, np.ndarray], image_grid: Ima
                                   bounds)
             H, h = quad.hessian, quad.h
             cov, hessian_ok = _covariance(H, h)
+            climbed = False
             for _ in range(CLIMB_ROUNDS if not hessian_ok else 0):
                 # no maximum: climb on from there (lam fixed at this point, compared at the optimum)
                 stage = _stage_lam(prob, stage, x, config.lam_mode)
@@ -1979,13 +1980,14 @@ def fit_lens(image: np.ndarray, sigma: Union[float, np.ndarray], image_grid: Ima
                          space.report(xc))
                 if not vc > v + NEWTON_GAIN:
                     break
-                x, v = xc, vc
+                x, v, climbed = xc, vc, True
                 quad = _curvature(prob, replace(stage_final, name="uncertainties"), x, v, h, bounds)
                 H, h = quad.hessian, quad.h
                 cov, hessian_ok = _covariance(H, h)
                 if hessian_ok:
                     break
-            stage = _stage_lam(prob, stage, x, config.lam_mode)
+            if climbed:  # the grid systematics' lam at the new optimum
+                stage = _stage_lam(prob, stage, x, config.lam_mode)
             if not hessian_ok:
                 log.warning("the curvature of the log evidence is not negative definite at the optimum: "
                             "uncertainties are from its clipped form")
