@@ -1191,8 +1191,7 @@ def _coarse(coarse: _Problem, candidates: list[tuple[tuple[float, float], float]
     points = _point_starts(space, geo.images, candidates, coarse.grid.fov, pixel)
     if points:
         pv = np.array([coarse.log_evidence(c, stage) for c in points])
-        extra = [x for x in _distinct_starts(points, pv, space, POINT_STARTS)
-                 if all(np.max(np.abs(x - o) / space.steps(o[0])) > 2.5 for o in starts)]
+        extra = [x for x in _distinct_starts(points, pv, space, POINT_STARTS) if _apart(space, x, starts, 2.5)]
         log.info("coarse starts from the images' positions: %s", "; ".join(
             f"{space.report(x)['theta_E']:.3f}\" q {space.report(x)['q']:.3f}" for x in extra) or "none new")
         starts = starts + extra
@@ -1264,6 +1263,11 @@ def _point_starts(space: _Space, images: list, candidates: list[tuple[tuple[floa
     lo = np.array([b[0] for b in bounds])
     hi = np.array([b[1] for b in bounds])
     shear = space.shear
+    # (|e|, twice its angle, gamma, twice its angle): round or 0.3 in four orientations, each
+    # without shear or 0.15 in four
+    starts = [(e, math.pi * i / ne, g, math.pi * k / ng)
+              for e, ne in ((0.0, 1), (0.3, 4)) for g, ng in (((0.0, 1), (0.15, 4)) if shear else ((0.0, 1),))
+              for i in range(ne) for k in range(ng)]
     sols: list[tuple[float, np.ndarray]] = []
     for c, R in candidates:
         def residuals(x: np.ndarray) -> np.ndarray:
@@ -1273,30 +1277,32 @@ def _point_starts(space: _Space, images: list, candidates: list[tuple[tuple[floa
                 prior += [x[5] / POINT_PRIOR_SHEAR, x[6] / POINT_PRIOR_SHEAR]
             return np.concatenate([_image_residuals(space, x, points, sigma), prior])
 
-        for e, e_angles in ((0.0, 1), (0.3, 4)):
-            for g, g_angles in (((0.0, 1), (0.15, 4)) if shear else ((0.0, 1),)):
-                for i in range(e_angles):
-                    for k in range(g_angles):
-                        x0 = np.zeros(len(space.names))
-                        a, b = math.pi * i / e_angles, math.pi * k / g_angles  # twice the angles
-                        x0[:5] = R, e * math.cos(a), e * math.sin(a), c[0], c[1]
-                        if shear:
-                            x0[5:7] = g * math.cos(b), g * math.sin(b)
-                        x0 = np.clip(x0, lo + 1e-9, hi - 1e-9)
-                        try:
-                            res = scipy.optimize.least_squares(residuals, x0, bounds=(lo, hi), max_nfev=100 * x0.size)
-                        except (ValueError, np.linalg.LinAlgError) as exc:  # a degenerate Jacobian
-                            log.debug("point-image fit from %s failed: %s", x0, exc)
-                            continue
-                        chi2 = float(np.sum(res.fun[:2 * len(points)] ** 2))
-                        if res.success and chi2 <= POINT_CHI2_PER_IMAGE * len(points):
-                            sols.append((float(2 * res.cost), res.x))
+        for e, a, g, b in starts:
+            x0 = np.zeros(len(space.names))
+            x0[:5] = R, e * math.cos(a), e * math.sin(a), c[0], c[1]
+            if shear:
+                x0[5:7] = g * math.cos(b), g * math.sin(b)
+            x0 = np.clip(x0, lo + 1e-9, hi - 1e-9)
+            try:
+                res = scipy.optimize.least_squares(residuals, x0, bounds=(lo, hi), max_nfev=100 * x0.size)
+            except (ValueError, np.linalg.LinAlgError) as exc:  # a degenerate Jacobian
+                log.debug("point-image fit from %s failed: %s", x0, exc)
+                continue
+            chi2 = float(np.sum(res.fun[:2 * len(points)] ** 2))
+            if res.success and chi2 <= POINT_CHI2_PER_IMAGE * len(points):
+                sols.append((float(2 * res.cost), res.x))
     out: list[np.ndarray] = []
     for _, x in sorted(sols, key=lambda t: t[0]):
-        if all(np.max(np.abs(x - o) / space.steps(o[0])) > 0.5 for o in out):
+        if _apart(space, x, out, 0.5):
             out.append(x)
     log.debug("point-image fits: %d of the starts converged, %d distinct", len(sols), len(out))
     return out
+
+
+def _apart(space: _Space, x: np.ndarray, kept: list[np.ndarray], steps: float) -> bool:
+    """Whether ``x`` lies more than ``steps`` scan steps (``_Space.steps`` at the other's
+    ``theta_E``) in some parameter from every vector in ``kept``."""
+    return all(np.max(np.abs(x - o) / np.maximum(space.steps(o[0]), 1e-9)) > steps for o in kept)
 
 
 def _distinct_starts(cands: list[np.ndarray], values: np.ndarray, space: _Space, k: int) -> list[np.ndarray]:
@@ -1306,7 +1312,7 @@ def _distinct_starts(cands: list[np.ndarray], values: np.ndarray, space: _Space,
     for j in np.argsort(-values):
         if not math.isfinite(values[j]):
             break
-        if all(np.max(np.abs(cands[j] - o) / np.maximum(space.steps(o[0]), 1e-9)) > 2.5 for o in out):
+        if _apart(space, cands[j], out, 2.5):
             out.append(cands[j])
             if len(out) == k:
                 break
