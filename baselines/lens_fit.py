@@ -394,6 +394,13 @@ class FitConfig:
         where a step leaves the region it was sampled in) instead of a second Nelder-Mead run. On
         the SLACS cut-outs refinement and curvature took 189 and 353 evaluations, against 400-500
         for the Nelder-Mead run and about 250 for the curvature after it.
+    follow_grid : bool
+        The refinement's source grid, placed about a lens, moves with the lens centre's ray (a
+        constant deflection, which nothing observable depends on) rather than staying put in the
+        source plane: a lens whose centre differs from the placing lens's is then compared on a
+        grid at the same place relative to its own source plane (as the coarse stage's grids
+        are). Off by default: not yet validated on the 20 simulated lenses
+        (``docs/real_observations.md``).
     uncertainties : bool
         Estimate the curvature of the log evidence at the optimum.
     grid_systematics : int
@@ -435,6 +442,7 @@ class FitConfig:
     refine_evaluations: int = 500
     medium: bool = True
     newton: bool = True
+    follow_grid: bool = False
     uncertainties: bool = True
     grid_systematics: int = 4
     posterior_steps: int = 0
@@ -466,7 +474,7 @@ class FitConfig:
             raise ValueError(f"posterior_walkers must be even (0: the minimum), got {self.posterior_walkers}")
         if self.posterior_steps and not self.uncertainties:
             raise ValueError("posterior_steps needs uncertainties=True (the walkers start from the curvature)")
-        for name in ("medium", "newton"):
+        for name in ("medium", "newton", "follow_grid"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         for name in ("blas_threads", "numba_threads"):
@@ -706,10 +714,7 @@ class _Problem:
         lens = space.lens(x)
         if not centred:
             return lens
-        c = lens.components[0].center
-        cx, cy = np.array([float(c[0])]), np.array([float(c[1])])
-        sx, sy = lensinv.Lens(*lens.components[1:]).raytrace(cx, cy) if len(lens.components) > 1 else (cx, cy)
-        return lensinv.Lens(*lens.components, lensinv.Shift(float(sx[0]), float(sy[0])))
+        return lensinv.Lens(*lens.components, lensinv.Shift(*_centre_ray(lens)))
 
     def stage_lens(self, stage: "_Stage", x: np.ndarray) -> lensinv.Lens:
         """The lens a stage evaluates at ``x``: centred as the stage says, and with the stage's
@@ -717,12 +722,14 @@ class _Problem:
         offset is in the fit's frame; this problem's frame is ``shift`` from it (a binned grid's
         trim), and so is its source plane, less the constant deflection the shear (linear about
         each frame's origin) adds there: the Shift takes both, so that a sky point lands at the
-        same place relative to the grid in either frame."""
+        same place relative to the grid in either frame. A ``centred`` stage's grid already sits at
+        the same place relative to the lens's source plane in either frame (the centre's ray), so
+        its offset, from that ray, is taken as it is."""
         lens = self.lens(stage.space, x, stage.centred)
         if stage.grid_offset == (0.0, 0.0):
             return lens
         ox, oy = stage.grid_offset
-        if self.shift != (0.0, 0.0):
+        if self.shift != (0.0, 0.0) and not stage.centred:
             zero = np.zeros(1)
             fx, fy = stage.space.lens(x).raytrace(zero, zero)  # the fit frame's origin ...
             bx, by = lens.raytrace(zero - self.shift[0], zero - self.shift[1])  # ... here
@@ -767,6 +774,15 @@ class _Problem:
         return value
 
 
+def _centre_ray(lens: lensinv.Lens) -> tuple[float, float]:
+    """Where the ray through the main profile's centre lands (arcsec, the lens's frame): the centre
+    less the other components' deflection there (the main profile does not deflect its central ray)."""
+    c = lens.components[0].center
+    cx, cy = np.array([float(c[0])]), np.array([float(c[1])])
+    sx, sy = lensinv.Lens(*lens.components[1:]).raytrace(cx, cy) if len(lens.components) > 1 else (cx, cy)
+    return float(sx[0]), float(sy[0])
+
+
 @dataclass(frozen=True)
 class _Stage:
     name: str
@@ -775,7 +791,8 @@ class _Stage:
     supersample: int
     lam: Optional[float] = None
     centred: bool = False  # the source grid on each lens's centre (_Problem.lens)
-    grid_offset: tuple = (0.0, 0.0)  # arcsec, the fit's frame: the source grid's centre (a Shift)
+    grid_offset: tuple = (0.0, 0.0)  # arcsec, the fit's frame: the source grid's centre (a Shift);
+    # with ``centred``, from the lens centre's ray
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1373,12 +1390,32 @@ def _chosen_grid(prob: _Problem, stage: _Stage, x: np.ndarray, geo: _Geometry, c
     for f in SOURCE_MARGIN_FACTORS:
         placed = _full_grid(prob, x, stage.space, geo, cfg, cfg.source_margin * f)
         v = (prob if evaluate is None else evaluate).log_evidence(
-            x, replace(stage, name="grid choice", lam=None, source_grid=placed.grid, grid_offset=placed.center))
+            x, replace(stage, name="grid choice", lam=None, source_grid=placed.grid, grid_offset=placed.center,
+                       centred=False))
         if best is None or v > best_v:
             best, best_v = placed, v
     log.info("source grid: %.3f arcsec centred at (%.3f, %.3f) (log evidence %.2f)", best.grid.fov,
              best.center[0], best.center[1], best_v)
     return best
+
+
+def _placed_stage(stage: _Stage, placed: _Placement, x: np.ndarray, follow: bool) -> _Stage:
+    """``stage`` on the grid ``placed`` about the lens ``x``: fixed in the source plane, or with
+    ``follow`` (``FitConfig.follow_grid``) carried with the lens centre's ray (placed where
+    ``placed`` says for ``x``; for another lens moved by as much as its centre's ray moved)."""
+    if not follow:
+        return replace(stage, source_grid=placed.grid, grid_offset=placed.center, centred=False)
+    rx, ry = _centre_ray(stage.space.lens(x))
+    return replace(stage, source_grid=placed.grid, grid_offset=(placed.center[0] - rx, placed.center[1] - ry),
+                   centred=True)
+
+
+def _grid_center(stage: _Stage, x: np.ndarray) -> tuple[float, float]:
+    """Where ``stage``'s source grid is centred for the lens ``x`` (arcsec, the fit's frame)."""
+    if not stage.centred:
+        return stage.grid_offset
+    rx, ry = _centre_ray(stage.space.lens(x))
+    return rx + stage.grid_offset[0], ry + stage.grid_offset[1]
 
 
 def _axis_steps(prob: _Problem, stage: _Stage, x: np.ndarray, f0: float, h0: np.ndarray,
@@ -1929,7 +1966,7 @@ def fit_lens(image: np.ndarray, sigma: Union[float, np.ndarray], image_grid: Ima
         stage = _Stage("refine", space, SourceGrid(config.source_n), config.supersample)
         placed = _Placement(source_grid) if source_grid is not None else \
             _chosen_grid(prob, stage, x, geo, config, evaluate=coarse if medium else prob)
-        stage = replace(stage, source_grid=placed.grid, grid_offset=placed.center)
+        stage = _placed_stage(stage, placed, x, config.follow_grid and source_grid is None)
         bounds = space.bounds(image_grid.fov)
         steps = 0.3 * space.steps(x[0])
         # Nelder-Mead, restarted once from its own optimum (lam fixed anew); with ``medium`` the
@@ -1942,7 +1979,7 @@ def fit_lens(image: np.ndarray, sigma: Union[float, np.ndarray], image_grid: Ima
                 # placed anew about the medium stage's lens, closer to the truth than the coarse
                 # one (a tighter box); fixed from here on
                 placed = _chosen_grid(prob, run, x, geo, config)
-                run = replace(run, source_grid=placed.grid, grid_offset=placed.center)
+                run = _placed_stage(run, placed, x, config.follow_grid)
             if problem is prob and medium and config.newton:
                 # lam fixed as in a Nelder-Mead run (an evaluation with lam optimised costs about
                 # twice as much: 1.02 against 0.55 s on SLACS 2303+1422)
@@ -2023,7 +2060,7 @@ def fit_lens(image: np.ndarray, sigma: Union[float, np.ndarray], image_grid: Ima
     chi2 = float(np.sum(((model - img_c.reshape(image_grid.shape)) / sig_c.reshape(image_grid.shape))[use] ** 2))
     timings["total"] = time.perf_counter() - t_start
     return LensFit(lens=lens, params=space.report(x), params_std=params_std, covariance=cov,
-                   fit_names=space.names, inversion=res, source_grid=placed.grid, source_center=placed.center,
+                   fit_names=space.names, inversion=res, source_grid=placed.grid, source_center=_grid_center(stage_final, x),
                    log_evidence=float(res.log_evidence),
                    chi2=chi2, n_pixels=int(use.sum()), model=model, lens_light=light_img,
                    light_amplitudes=None if B is None else _full_amplitudes(lens_light, prob.light_columns,

@@ -833,3 +833,42 @@ def test_climb_leaves_a_point_that_is_no_maximum():
     quad = _curvature(prob, None, top, 0.0, np.array([0.1, 0.1]), bounds)
     x, v = _climb(prob, None, quad, 0.0, bounds, 100)
     assert v == pytest.approx(0.0, abs=1e-3) and np.allclose(x, top, atol=0.02)
+
+
+def test_following_grid_moves_with_the_lens_centre_in_either_frame():
+    """``follow_grid``: the refinement's grid, placed about a lens, is where the placement says for
+    that lens (the same evidence as the fixed grid there), and for a lens whose centre moved it
+    sits where the centre's ray moved to: the same evidence as a fixed grid put there by hand, on
+    the original pixels and on a trimmed binned image (whose frame differs by the trim and the
+    shear's constant deflection there)."""
+    from baselines.lens_fit import (_binned_problem, _centre_ray, _grid_center, _Placement, _placed_stage, _Problem,
+                                    _Space, _Stage)
+    from baselines.regularization import get_regularization
+
+    space = _Space(True, False)
+    x = np.array([0.9, 0.1, 0.0, 0.05, -0.04, 0.06, 0.03])
+    sx, sy = lensinv.SourceGrid(n=48, fov=1.6).coordinates()
+    src = np.exp(-0.5 * ((sx - 0.05) ** 2 + (sy + 0.02) ** 2) / 0.12**2)
+    image = lensinv.operator(space.lens(x), IG, lensinv.SourceGrid(n=48, fov=1.6), supersample=2).apply(src)
+    image = image + np.random.default_rng(3).normal(0, 0.01, image.shape)
+    prob = _Problem(image.reshape(-1), np.full(IG.size, 0.01), np.ones(IG.size, bool), IG, None,
+                    get_regularization("gradient"), space, None, 1.0, 0.0, 1.0, None)
+    binned = _binned_problem(prob, 3)
+    assert binned.shift != (0.0, 0.0)
+    placed = _Placement(lensinv.SourceGrid(n=16, fov=0.9), (0.03, -0.05))
+    base = _Stage("r", space, lensinv.SourceGrid(16), 1)
+    fixed = _placed_stage(base, placed, x, follow=False)
+    follow = _placed_stage(base, placed, x, follow=True)
+    assert _grid_center(follow, x) == pytest.approx(placed.center, abs=1e-12)
+    moved = x + np.array([0.0, 0.0, 0.0, 0.12, -0.07, 0.0, 0.0])
+    r0, r1 = _centre_ray(space.lens(x)), _centre_ray(space.lens(moved))
+    c1 = _grid_center(follow, moved)
+    assert c1 == pytest.approx((placed.center[0] + r1[0] - r0[0], placed.center[1] + r1[1] - r0[1]), abs=1e-12)
+    by_hand = replace(fixed, grid_offset=c1)
+    for pr in (prob, binned):
+        assert pr.log_evidence(x, follow) == pytest.approx(pr.log_evidence(x, fixed), rel=1e-10)
+        assert pr.log_evidence(moved, follow) == pytest.approx(pr.log_evidence(moved, by_hand), rel=1e-10)
+    # the fixed grid stays put: the moved lens sees it elsewhere
+    assert abs(prob.log_evidence(moved, fixed) - prob.log_evidence(moved, follow)) > 0.1
+    with pytest.raises(ValueError, match="follow_grid"):
+        FitConfig(follow_grid=1)
