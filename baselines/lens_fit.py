@@ -40,7 +40,8 @@ Stages (no starting guess needed):
    candidate far from the image's centre needs no wider, coarser grid for every lens.
 2. Refinement on the full source grid (placed on the source: the significant pixels traced back
    to the source plane through the coarse lens, and again through the medium stage's before the
-   original pixels; fixed from there), Nelder-Mead restarted from its own optimum
+   original pixels; fixed from there, or with ``FitConfig.follow_grid`` carried with the lens
+   centre's ray), Nelder-Mead restarted from its own optimum
    (the EPL's slope is freed here); the first run on the coarse stage's binned image
    (``FitConfig.medium``), the restart on the original pixels, there by default a Newton step to
    the maximum of the quadratic that stage 3 fits (``FitConfig.newton``).
@@ -2060,7 +2061,8 @@ def fit_lens(image: np.ndarray, sigma: Union[float, np.ndarray], image_grid: Ima
     chi2 = float(np.sum(((model - img_c.reshape(image_grid.shape)) / sig_c.reshape(image_grid.shape))[use] ** 2))
     timings["total"] = time.perf_counter() - t_start
     return LensFit(lens=lens, params=space.report(x), params_std=params_std, covariance=cov,
-                   fit_names=space.names, inversion=res, source_grid=placed.grid, source_center=_grid_center(stage_final, x),
+                   fit_names=space.names, inversion=res, source_grid=placed.grid,
+                   source_center=_grid_center(stage_final, x),
                    log_evidence=float(res.log_evidence),
                    chi2=chi2, n_pixels=int(use.sum()), model=model, lens_light=light_img,
                    light_amplitudes=None if B is None else _full_amplitudes(lens_light, prob.light_columns,
