@@ -7,7 +7,7 @@ image, noise and PSF, and reports per parameter how far the fit is from the trut
 truth lies inside the reported 3-sigma interval.
 
     python benchmarks/lens_fit_validation.py --n 20 --out results/lens_fit_validation [--shard i/k]
-        [--source-n N]
+        [--source-n N] [--follow-grid]
 
 Targets (issue 14): theta_E within 1%, q within 0.03, centre within 0.02 arcsec, and the true values
 inside the reported 3-sigma intervals for >= 90% of parameters. Resumable: ``lenses.csv`` is
@@ -17,6 +17,9 @@ file of the folder holds yet and summarises every ``lenses*.csv``. Writes ``summ
 ``zscores.png``. ``--source-n`` sets the refinement's source-grid side (``FitConfig.source_n``;
 bright sources are under-resolved on the default 32); each row records it, and a folder holding
 rows of another side (or, with ``--source-n``, rows that did not record theirs) is refused.
+``--follow-grid`` fits with ``FitConfig.follow_grid`` (the refinement's source grid carried with
+the lens centre); each row records it, and a folder holding rows of the other setting (or, with
+``--follow-grid``, rows that did not record it) is refused.
 """
 
 from __future__ import annotations
@@ -83,10 +86,12 @@ def difference(name: str, fit: float, true: float) -> float:
     return d
 
 
-def fit_config(source_n: int | None = None) -> FitConfig:
-    """The fit's settings: ``FIT_CONFIG`` (default ``FitConfig()``), with ``source_n`` where given."""
+def fit_config(source_n: int | None = None, follow_grid: bool = False) -> FitConfig:
+    """The fit's settings: ``FIT_CONFIG`` (default ``FitConfig()``), with ``source_n`` where given
+    and ``follow_grid`` where true."""
     cfg = FIT_CONFIG if FIT_CONFIG is not None else FitConfig()
-    return cfg if source_n is None else replace(cfg, source_n=source_n)
+    cfg = cfg if source_n is None else replace(cfg, source_n=source_n)
+    return replace(cfg, follow_grid=True) if follow_grid else cfg
 
 
 def fit_one(index: int, seed: int, config, fit_cfg: FitConfig | None = None) -> dict[str, float]:
@@ -98,7 +103,7 @@ def fit_one(index: int, seed: int, config, fit_cfg: FitConfig | None = None) -> 
     fit = fit_lens(obs.image, obs.sigma, obs.image_grid, obs.psf, config=fit_cfg)
     row = {"index": index, "wall_s": time.perf_counter() - t0, "chi2_per_pixel": fit.chi2_per_pixel,
            "hessian_ok": int(fit.hessian_ok), "snr": obs.snr, "psf_fwhm": obs.psf_fwhm,
-           "source_n": fit_cfg.source_n}
+           "source_n": fit_cfg.source_n, "follow_grid": int(fit_cfg.follow_grid)}
     true = truth_params(obs.lens)
     stat = fit.params_std_curvature or {k: math.nan for k in PARAMS}
     for k in PARAMS:
@@ -178,8 +183,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shard", type=shard_spec, default=None, help="fit only indices j %% k == i")
     ap.add_argument("--source-n", type=int_at_least(2), default=None,
                     help="the refinement's source-grid side (default FitConfig's, 32)")
+    ap.add_argument("--follow-grid", action="store_true",
+                    help="the refinement's source grid follows the lens centre (FitConfig.follow_grid)")
     args = ap.parse_args(argv)
-    fit_cfg = fit_config(args.source_n)
+    fit_cfg = fit_config(args.source_n, args.follow_grid)
     config = simulation_config(args.preset)
     if PRESET_OVERRIDE is not None:
         config = PRESET_OVERRIDE(config)
@@ -196,6 +203,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.source_n is not None and any(not math.isfinite(n) for n in sides):
         ap.error(f"--source-n {args.source_n}: {args.out} holds lenses of an older version, which did not record "
                  f"their source grid; use another --out")
+    follows = {r.get("follow_grid", math.nan) for r in fitted.values()}
+    if any(math.isfinite(f) and bool(f) != fit_cfg.follow_grid for f in follows):
+        ap.error(f"follow_grid {fit_cfg.follow_grid}: {args.out} holds lenses fitted with the other setting; "
+                 f"use another --out")
+    if fit_cfg.follow_grid and any(not math.isfinite(f) for f in follows):
+        ap.error(f"--follow-grid: {args.out} holds lenses of an older version, which did not record whether "
+                 f"their grid followed the lens (it did not); use another --out")
     todo = [j for j in range(args.n) if j % k == i and j not in fitted]
     print(f"{len(fitted)} lenses already fitted in {args.out}; fitting {len(todo)} into {path.name}", flush=True)
     for j in todo:

@@ -45,7 +45,7 @@ def test_fit_resume_shard_and_summary(val, tmp_path, capsys):
     # the curvature's part alone is never larger than the total (which adds the grid's)
     assert all(0 < r[f"{k}_std_curvature"] <= r[f"{k}_std"] * (1 + 1e-9) for k in val.PARAMS)
     assert r["wall_s"] > 0 and r["chi2_per_pixel"] > 0.5
-    assert r["source_n"] == 14  # the settings' source grid, recorded
+    assert r["source_n"] == 14 and r["follow_grid"] == 0  # the settings' source grid and its placement, recorded
     # a second run of the shard fits nothing, nor does the unsharded run, which summarises
     capsys.readouterr()
     assert val.main(["--n", "1", "--out", str(out), "--shard", "0/2"]) == 0
@@ -102,3 +102,29 @@ def test_source_n_is_recorded_and_a_folder_of_another_is_refused(val, tmp_path, 
     with pytest.raises(SystemExit):
         val.main(["--n", "1", "--out", str(out), "--source-n", "14"])
     assert "older version" in capsys.readouterr().err
+
+
+def test_follow_grid_is_recorded_and_a_folder_of_the_other_setting_is_refused(val, tmp_path, capsys):
+    """``--follow-grid`` fits with ``FitConfig.follow_grid``; a folder holding lenses fitted with the
+    other setting is not resumed either way, nor, with ``--follow-grid``, one holding rows that did
+    not record it (fitted before the option existed, on a fixed grid)."""
+    assert val.fit_config(follow_grid=True).follow_grid and not val.fit_config().follow_grid
+    assert val.fit_config(20, True).source_n == 20
+    out = tmp_path / "v"
+    out.mkdir()
+    val.write_rows(out / "lenses.csv", [{"index": 0.0, "wall_s": 1.0, "source_n": 14.0, "follow_grid": 1.0}])
+    with pytest.raises(SystemExit):
+        val.main(["--n", "1", "--out", str(out)])
+    assert "follow_grid False" in capsys.readouterr().err
+    old = tmp_path / "old"
+    old.mkdir()
+    val.write_rows(old / "lenses.csv", [{"index": 0.0, "wall_s": 1.0, "source_n": 14.0}])
+    with pytest.raises(SystemExit):
+        val.main(["--n", "1", "--out", str(old), "--follow-grid"])
+    assert "older version" in capsys.readouterr().err
+    # the same folder resumes without the flag (nothing left to fit: lens 0 is there) and summarises
+    val.write_rows(old / "lenses.csv", [{"index": 0.0, "wall_s": 1.0, "source_n": 14.0, "follow_grid": 0.0,
+                                         **{f"{k}_{s}": 1.0 for k in val.PARAMS for s in ("true", "fit", "std",
+                                                                                         "std_curvature")}}])
+    assert val.main(["--n", "1", "--out", str(old)]) == 0
+    assert "fitting 0" in capsys.readouterr().out
