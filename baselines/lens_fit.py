@@ -400,8 +400,9 @@ class FitConfig:
         constant deflection, which nothing observable depends on) rather than staying put in the
         source plane: a lens whose centre differs from the placing lens's is then compared on a
         grid at the same place relative to its own source plane (as the coarse stage's grids
-        are). Off by default: not yet validated on the 20 simulated lenses
-        (``docs/real_observations.md``).
+        are). Off by default: on the 20 simulated validation lenses it found better optima (12
+        accurate against 11) but reported overconfident intervals (66.4% of the true values inside
+        3 sigma against 76.4%; ``docs/real_observations.md``).
     uncertainties : bool
         Estimate the curvature of the log evidence at the optimum.
     grid_systematics : int
