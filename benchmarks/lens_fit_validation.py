@@ -112,6 +112,13 @@ def fit_one(index: int, seed: int, config, fit_cfg: FitConfig | None = None) -> 
     return row
 
 
+def recorded_clash(rows, column: str, wanted: float) -> tuple[list[float], bool]:
+    """The values of a setting's ``column`` that ``rows`` recorded other than ``wanted`` (sorted),
+    and whether some row did not record it (an older version's: missing or NaN)."""
+    values = {r.get(column, math.nan) for r in rows}
+    return sorted(v for v in values if math.isfinite(v) and v != wanted), any(not math.isfinite(v) for v in values)
+
+
 def read_rows(path: Path) -> list[dict[str, float]]:
     if not path.exists():
         return []
@@ -195,19 +202,18 @@ def main(argv: list[str] | None = None) -> int:
     path = args.out / ("lenses.csv" if args.shard is None else f"lenses.{i}of{k}.csv")
     rows = read_rows(path)
     fitted = {int(r["index"]): r for p in sorted(args.out.glob("lenses*.csv")) for r in read_rows(p)}  # any shard's
-    sides = {r.get("source_n", math.nan) for r in fitted.values()}
-    other = sorted(int(n) for n in sides if math.isfinite(n) and n != fit_cfg.source_n)
+    other, unrecorded = recorded_clash(fitted.values(), "source_n", fit_cfg.source_n)
     if other:
-        ap.error(f"--source-n {fit_cfg.source_n}: {args.out} holds lenses fitted with source_n {other}; "
-                 f"use another --out")
-    if args.source_n is not None and any(not math.isfinite(n) for n in sides):
+        ap.error(f"--source-n {fit_cfg.source_n}: {args.out} holds lenses fitted with source_n "
+                 f"{[int(n) for n in other]}; use another --out")
+    if args.source_n is not None and unrecorded:
         ap.error(f"--source-n {args.source_n}: {args.out} holds lenses of an older version, which did not record "
                  f"their source grid; use another --out")
-    follows = {r.get("follow_grid", math.nan) for r in fitted.values()}
-    if any(math.isfinite(f) and bool(f) != fit_cfg.follow_grid for f in follows):
+    other, unrecorded = recorded_clash(fitted.values(), "follow_grid", float(fit_cfg.follow_grid))
+    if other:
         ap.error(f"follow_grid {fit_cfg.follow_grid}: {args.out} holds lenses fitted with the other setting; "
                  f"use another --out")
-    if fit_cfg.follow_grid and any(not math.isfinite(f) for f in follows):
+    if fit_cfg.follow_grid and unrecorded:
         ap.error(f"--follow-grid: {args.out} holds lenses of an older version, which did not record whether "
                  f"their grid followed the lens (it did not); use another --out")
     todo = [j for j in range(args.n) if j % k == i and j not in fitted]
