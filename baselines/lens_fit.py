@@ -1392,8 +1392,7 @@ def _chosen_grid(prob: _Problem, stage: _Stage, x: np.ndarray, geo: _Geometry, c
     for f in SOURCE_MARGIN_FACTORS:
         placed = _full_grid(prob, x, stage.space, geo, cfg, cfg.source_margin * f)
         v = (prob if evaluate is None else evaluate).log_evidence(
-            x, replace(stage, name="grid choice", lam=None, source_grid=placed.grid, grid_offset=placed.center,
-                       centred=False))
+            x, replace(_placed_stage(stage, placed, x, follow=False), name="grid choice", lam=None))
         if best is None or v > best_v:
             best, best_v = placed, v
     log.info("source grid: %.3f arcsec centred at (%.3f, %.3f) (log evidence %.2f)", best.grid.fov,
@@ -2014,10 +2013,10 @@ def fit_lens(image: np.ndarray, sigma: Union[float, np.ndarray], image_grid: Ima
                                   bounds)
             H, h = quad.hessian, quad.h
             cov, hessian_ok = _covariance(H, h)
-            climbed = False
+            moved = False  # the optimum moved since lam was last fixed
             for _ in range(CLIMB_ROUNDS if not hessian_ok else 0):
                 # no maximum: climb on from there (lam fixed at this point, compared at the optimum)
-                stage = _stage_lam(prob, stage, x, config.lam_mode)
+                stage, moved = _stage_lam(prob, stage, x, config.lam_mode), False
                 xc, _ = _climb(prob, replace(stage, name="climb"), quad, prob.log_evidence(x, stage), bounds,
                                config.refine_evaluations // 2)
                 vc = prob.log_evidence(xc, replace(stage_final, name="climb"))
@@ -2025,13 +2024,13 @@ def fit_lens(image: np.ndarray, sigma: Union[float, np.ndarray], image_grid: Ima
                          space.report(xc))
                 if not vc > v + NEWTON_GAIN:
                     break
-                x, v, climbed = xc, vc, True
+                x, v, moved = xc, vc, True
                 quad = _curvature(prob, replace(stage_final, name="uncertainties"), x, v, h, bounds)
                 H, h = quad.hessian, quad.h
                 cov, hessian_ok = _covariance(H, h)
                 if hessian_ok:
                     break
-            if climbed:  # the grid systematics' lam at the new optimum
+            if moved:  # the grid systematics' lam at the new optimum
                 stage = _stage_lam(prob, stage, x, config.lam_mode)
             if not hessian_ok:
                 log.warning("the curvature of the log evidence is not negative definite at the optimum: "
